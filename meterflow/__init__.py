@@ -1,0 +1,2 @@
+"""meterflow: a Node-RED-compatible flow engine."""
+__version__ = "0.1.0"
