@@ -130,7 +130,7 @@ def _int_b64(n: int) -> str:
 def _sign_jwt(claims: dict, seed: int, kid: str) -> str:
     n, _e, d = _rsa_key(seed)
     header = {"kid": kid, "alg": "RS256"}
-    signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+    signing_input = ".".join(_b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims))
     k = (n.bit_length() + 7) // 8
     t = _SHA256_DIGEST_INFO + hashlib.sha256(signing_input.encode()).digest()
     em = b"\x00\x01" + b"\xff" * (k - 3 - len(t)) + b"\x00" + t  # EMSA-PKCS1-v1_5
