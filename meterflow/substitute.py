@@ -1,0 +1,79 @@
+"""``${NAME}``, ``${NAME:-default}`` and ``${scheme:key}`` references in flow files.
+
+Environment references are resolved when the flow loads.  ``${creds:smt.password}``
+(and any scheme a plugin registers through ``meterflow_substitutions``) resolves
+through that scheme's resolver, and its value is registered as a secret.  ``$${X}``
+is a literal ``${X}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import redact
+from .errors import FlowError
+from .yamlpos import _scalar_text
+
+_REF = re.compile(r"\$(\$?)\{([^}]*)\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Unresolved(Exception):
+    pass
+
+
+def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable[[str], str]]) -> Any:
+    """Resolve every reference in ``text``.  A value that is one whole reference gets
+    YAML 1.2 typing (``${PORT:-1883}`` is the number 1883); raises :class:`Unresolved`."""
+    if "${" not in text:
+        return text
+
+    def one(m: re.Match) -> str:
+        if m.group(1):
+            return "${" + m.group(2) + "}"
+        body = m.group(2)
+        scheme, sep, key = body.partition(":")
+        if sep and scheme in schemes and not key.startswith("-"):
+            try:
+                value = schemes[scheme](key)
+            except FlowError as e:
+                raise Unresolved(str(e)) from None
+            redact.add(value)
+            return value
+        name, sep, default = body.partition(":-")
+        if not _NAME.match(name):
+            known = ", ".join(sorted(schemes)) or "none"
+            raise Unresolved(f"invalid reference ${{{body}}}: write ${{NAME}}, ${{NAME:-default}} or ${{scheme:key}}"
+                             f" (schemes: {known})")
+        if name in env:
+            value = env[name]
+            if redact.is_secret_name(name):
+                redact.add(value)
+            return value
+        if sep:
+            return default
+        raise Unresolved(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    whole = _REF.fullmatch(text)
+    result = _REF.sub(one, text)
+    return _scalar_text(result) if whole and not whole.group(1) else result
+
+
+def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None) -> Any:
+    """Apply :func:`substitute` to every string in a nested value; record problems by path."""
+    env = os.environ if env is None else env
+    schemes = schemes or {}
+    if isinstance(value, str):
+        try:
+            return substitute(value, env, schemes)
+        except Unresolved as e:
+            problems.append((path, str(e)))
+            return value
+    if isinstance(value, dict):
+        return {k: substitute_tree(v, path + (k,), problems, env, schemes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_tree(v, path + (i,), problems, env, schemes) for i, v in enumerate(value)]
+    return value
