@@ -1,0 +1,196 @@
+"""The ``meterflow`` command: run, check, nodes, graph, inject, creds, sandbox, ...
+
+Heavy modules are imported inside the sub-command that needs them, so ``meterflow run``
+starts quickly.  Exit codes: 0 ok, 1 invalid flow or failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _print_problems(problems, stream=None) -> None:
+    stream = stream or sys.stderr
+    for p in problems:
+        print(p, file=stream)
+
+
+def _load(files: list[str], args=None):
+    from .flowfile import load_flow
+
+    return [load_flow(f) for f in files]
+
+
+def cmd_check(args) -> int:
+    specs = _load(args.files)
+    errors = warnings = 0
+    for spec in specs:
+        _print_problems(spec.problems, sys.stdout)
+        errors += len(spec.errors)
+        warnings += len(spec.problems) - len(spec.errors)
+    if errors:
+        print(f"{errors} error(s), {warnings} warning(s) in {len(specs)} file(s)", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        total = sum(len(s.nodes) for s in specs)
+        print(f"ok: {len(specs)} file(s), {total} node(s), {warnings} warning(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import logs
+
+    logs.setup(args.log_level, args.log_format)
+    specs = _load(args.files)
+    bad = False
+    for spec in specs:
+        _print_problems(spec.problems)
+        bad = bad or bool(spec.errors)
+    if bad:
+        return 1
+    import asyncio
+
+    from .runner import run
+
+    return asyncio.run(run(specs, trace=args.trace, drain_timeout=args.drain_timeout, control=not args.no_control))
+
+
+def cmd_nodes(args) -> int:
+    from .plugins import registry
+
+    reg = registry()
+    if args.type:
+        cls = reg.types.get(args.type)
+        if cls is None:
+            from .schema import did_you_mean
+
+            print(f"meterflow: unknown node type {args.type!r}{did_you_mean(args.type, reg.types)}", file=sys.stderr)
+            return 1
+        print(describe(cls, reg.origin[cls.type]))
+        return 0
+    width = max(len(t) for t in reg.types)
+    for name in sorted(reg.types):
+        cls = reg.types[name]
+        kind = " (config)" if cls.is_config else ""
+        print(f"{name:<{width}}  {cls.summary}{kind}  [{reg.origin[name]}]")
+    return 0
+
+
+def describe(cls, origin: str) -> str:
+    lines = [f"{cls.type} — {cls.summary}", f"plugin: {origin}", "config node" if cls.is_config else
+             f"outputs: {cls.outputs}" if cls.outputs == 1 else f"outputs: {cls.outputs} (may depend on config)"]
+    lines.append("fields:" if cls.schema else "fields: none")
+    for name, f in cls.schema.items():
+        lines.append(f"  {name}: {f.describe()}")
+        for sub_name, sub in (f.fields or (f.item.fields if f.item and f.item.fields else None) or {}).items():
+            lines.append(f"    {sub_name}: {sub.describe()}")
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    if doc:
+        lines += ["", doc]
+    return "\n".join(lines)
+
+
+def cmd_graph(args) -> int:
+    from . import graph
+
+    [spec] = _load([args.file])
+    if spec.errors:
+        _print_problems(spec.errors)
+        return 1
+    print(graph.dot(spec) if args.format == "dot" else graph.mermaid(spec), end="")
+    return 0
+
+
+def cmd_inject(args) -> int:
+    from .control import request, socket_path
+
+    [spec] = _load([args.file])
+    if spec.errors:
+        _print_problems(spec.errors)
+        return 1
+    path = socket_path(spec.name)
+    try:
+        reply = request(path, {"cmd": "inject", "node": args.node})
+    except OSError as e:
+        print(f"meterflow: no running engine for flow {spec.name!r} at {path} ({e.strerror or e})", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"meterflow: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(f"injected {args.node}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="meterflow", description="Run Node-RED-style flows written in YAML.")
+    parser.add_argument("--version", action="version", version=f"meterflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="validate and run flows until SIGINT/SIGTERM")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--log-format", choices=("pretty", "json"), default="pretty")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--trace", action="store_true", help="log every hop (node id and a message summary, redacted)")
+    p.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="at shutdown, how long in-flight messages may take (default 10)")
+    p.add_argument("--no-control", action="store_true", help="do not open the local control socket")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate flow files; print every problem as file:line:col")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("nodes", help="list node types, or show one type's config schema")
+    p.add_argument("type", nargs="?")
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("graph", help="print the wiring as Mermaid (default) or Graphviz DOT")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p.set_defaults(func=cmd_graph)
+
+    p = sub.add_parser("inject", help="fire an inject node of a running flow")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("node", metavar="NODE_ID")
+    p.set_defaults(func=cmd_inject)
+
+    _optional_commands(sub)
+    from .plugins import registry
+
+    registry().pm.hook.meterflow_commands(subparsers=sub)
+    return parser
+
+
+def _optional_commands(sub) -> None:
+    """Built-in commands that live in their own modules."""
+    from importlib import import_module
+
+    for module in ("creds_cli", "sandbox.cli", "nodered.cli"):
+        try:
+            mod = import_module(f"meterflow.{module}")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.startswith("meterflow"):
+                continue
+            raise
+        mod.add_parser(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
