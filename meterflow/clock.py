@@ -62,12 +62,20 @@ class Clock:
         timer = self.call_later(delay, wake)
         if parked is not None:
             parked.add(task)
+            self._notify_parked()
         try:
             await fut
         finally:
             timer.cancel()
             if parked is not None:
                 parked.discard(task)
+
+    def _notify_parked(self) -> None:
+        waiters = getattr(self, "park_waiters", None)
+        while waiters:
+            fut = waiters.pop()
+            if not fut.done():
+                fut.set_result(None)
 
     async def wait_for(self, aw: Awaitable, timeout: float):
         """Like ``asyncio.wait_for`` but timed by this clock."""
@@ -108,6 +116,7 @@ class VirtualClock(Clock):
         self._seq = itertools.count()
         self.settle: Callable[[], Awaitable[None]] | None = None
         self.parked = set()
+        self.park_waiters: list[asyncio.Future] = []  # settle() waits on these
 
     def time(self) -> float:
         return self._now

@@ -45,7 +45,7 @@ class ControlServer:
         try:
             line = await asyncio.wait_for(reader.readline(), 5)
             reply = self.dispatch(json.loads(line or b"{}"))
-        except (ValueError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ValueError) as e:
             reply = {"ok": False, "error": f"bad request: {e}"}
         writer.write(json.dumps(reply).encode() + b"\n")
         await writer.drain()

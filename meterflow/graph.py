@@ -30,7 +30,7 @@ def edges(spec: FlowSpec) -> list[tuple[str, str, str, str]]:
             if isinstance(scope, list):
                 out.extend((s, n.id, label, "scope") for s in scope if s in ids)
         elif n.cls is not None and not n.is_config:
-            for path, ref, want in n.cls.references(n.config):
+            for _path, ref, want in n.cls.references(n.config):
                 if want is not None and ref in ids:
                     out.append((ref, n.id, "", "config"))
     # de-duplicate link edges named from both sides

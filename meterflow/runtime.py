@@ -23,6 +23,7 @@ from .errors import FlowError, kind_of
 from .flowfile import FlowSpec
 from .message import clone, new_msgid, summary
 from .node import Node
+from .schema import parse_duration
 
 log = logging.getLogger("meterflow.runtime")
 trace_log = logging.getLogger("meterflow.trace")
@@ -45,7 +46,7 @@ class Flow:
         ctx = spec.context or {}
         if ctx.get("store") == "file":
             directory = ctx.get("dir") or str(Path(spec.file).parent / "state" / self.name)
-            store = FileStore(directory, engine.clock.call_later, float(ctx.get("flush") or 1.0))
+            store = FileStore(directory, engine.clock.call_later, parse_duration(ctx.get("flush") or 1.0))
             engine.contexts.use_file_global(store)
         else:
             store = MemoryStore()
@@ -170,7 +171,13 @@ class Engine:
                         t in parked for t in self.inflight if ignore_parked):
                     return
                 continue
-            await asyncio.wait(busy, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+            # Wake when a handler finishes or parks on the virtual clock, whichever is first.
+            waiters = getattr(self.clock, "park_waiters", None)
+            parked_now = (self._loop or asyncio.get_running_loop()).create_future()
+            if waiters is not None:
+                waiters.append(parked_now)
+            await asyncio.wait([*busy, parked_now], timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            parked_now.cancel()
 
     # ---- delivery ------------------------------------------------------------------------
     def send(self, node: Node, msg) -> None:

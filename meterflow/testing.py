@@ -17,13 +17,13 @@ the errors no catch node took.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from .clock import VirtualClock
 from .errors import ConfigError
 from .flowfile import FlowSpec, load_flow
 from .message import clone
+from .plugins import Registry, hookimpl, make_manager
 from .runtime import Engine, Flow
 
 
@@ -139,9 +139,22 @@ class Harness:
         return self.node(node_id).context
 
 
+def registry_with(*node_types) -> Registry:
+    """The installed node types plus ``node_types`` (for testing a node class before packaging it)."""
+
+    class _Extra:
+        @hookimpl
+        def meterflow_node_types(self):
+            return list(node_types)
+
+    pm = make_manager()
+    pm.register(_Extra(), name="test")
+    return Registry(pm)
+
+
 def flow_text(nodes_yaml: str, header: str = "meterflow: 1\n") -> str:
     """Convenience for tests: prefix a ``nodes:`` block with the version header."""
     return header + nodes_yaml
 
 
-__all__ = ["Harness", "FlowLoadError", "flow_text", "Path"]
+__all__ = ["Harness", "FlowLoadError", "flow_text", "registry_with"]
