@@ -122,6 +122,30 @@ def cmd_inject(args) -> int:
     return 0
 
 
+def cmd_cert(args) -> int:
+    import json
+
+    from .certs import inspect
+    from .errors import ConfigError
+
+    try:
+        info = inspect(args.file, args.key, within_days=args.days)
+    except ConfigError as e:
+        print(f"meterflow: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(dict(info.as_dict(), problems=info.problems), indent=2))
+    else:
+        print(f"{info.path}: {info.subject}")
+        print(f"  names:       {', '.join(info.names) or '-'}")
+        print(f"  not after:   {info.not_after} ({info.seconds_left / 86400:.1f} days left)")
+        print(f"  fingerprint: sha256 {info.fingerprint}")
+        if info.key_matches is not None:
+            print(f"  key:         {'matches' if info.key_matches else 'DOES NOT MATCH'}")
+        print(f"  status:      {'; '.join(info.problems) if info.problems else 'ok'}")
+    return 1 if info.problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -158,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("node", metavar="NODE_ID")
     p.set_defaults(func=cmd_inject)
+
+    p = sub.add_parser("cert", help="certificate tools")
+    csub = p.add_subparsers(dest="cert_command", metavar="ACTION")
+    csub.required = True
+    c = csub.add_parser("check", help="expiry, wildcard subject, key match and fingerprint of a PEM certificate")
+    c.add_argument("file", metavar="CERT")
+    c.add_argument("--key", help="private key that should match")
+    c.add_argument("--days", type=float, default=1.0, help="fail when it expires within this many days (default 1)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cert)
 
     _optional_commands(sub)
     from .plugins import registry
