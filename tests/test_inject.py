@@ -276,6 +276,11 @@ nodes:
       - property: b
         value: "$sum("
         type: jsonata
+  - id: shorthand
+    type: inject
+    props: [{property: payload}]
+    payload: "{x"
+    payload_type: json
 """
 
 
@@ -286,7 +291,8 @@ def test_check_reports_each_problem_at_its_line():
     assert got[1][0] == 9 and "unknown time zone 'Mars/Base'" in got[1][1]
     assert got[2][0] == 12 and "invalid JSON" in got[2][1]
     assert got[3][0] == 15 and "JSONata" in got[3][1]
-    assert len(got) == 4
+    assert got[4][0] == 20 and "invalid JSON" in got[4][1]  # at the shorthand field
+    assert len(got) == 5
 
 
 async def test_bare_payload_and_topic_props_take_the_shorthand(flow):

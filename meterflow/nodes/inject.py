@@ -81,10 +81,11 @@ def resolve_props(config: dict) -> list[tuple[tuple, dict]]:
     out = []
     for i, p in enumerate(props):
         if "value" not in p and "type" not in p and p.get("property") in ("payload", "msg.payload"):
-            p = payload  # Node-RED: a bare {p: payload} takes the node's payload / payloadType
+            out.append((("payload",), payload))  # Node-RED: a bare {p: payload} takes payload / payloadType
         elif "value" not in p and p.get("property") in ("topic", "msg.topic") and p.get("type", "str") == "str":
-            p = dict(topic, value=config.get("topic") or "")
-        out.append((("props", i), p))
+            out.append((("topic",), dict(topic, value=config.get("topic") or "")))
+        else:
+            out.append((("props", i), p))
     return out
 
 
@@ -185,8 +186,11 @@ class Inject(Node):
 
     def _tick(self) -> None:
         # Anchored on the due time, so intervals do not drift by the callback latency.
+        # After a stall (suspend, a blocked loop) fire once and carry on from now, not in a burst.
         now = self.clock.time()
-        self._due = max(self._due + self._repeat, now)
+        self._due += self._repeat
+        if self._due <= now:
+            self._due = now + self._repeat
         self._timer = self.clock.call_at(self._due, self._tick)
         self.fire()
 
