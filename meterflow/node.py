@@ -73,6 +73,10 @@ class Node:
     async def start(self) -> None:
         """Open connections, start timers.  Config nodes start before the others."""
 
+    async def flush(self) -> None:
+        """Shutdown, after the sources stopped: release anything held (timers, queues) so the
+        engine can deliver it before any node stops.  Default: nothing held."""
+
     async def stop(self) -> None:
         """Close what ``start`` opened.  Messages still queued are delivered first."""
 

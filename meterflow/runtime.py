@@ -68,6 +68,7 @@ class Engine:
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._delivered = 0  # messages taken from the queue; tells the drain when nothing moves
         self.started = False
         self.redact = _redact.redact
         self.debug_listeners: list = []  # callables (node, value, msg) fed by debug nodes
@@ -137,7 +138,7 @@ class Engine:
             await self._stop_node(node)
         drained = True
         try:
-            await asyncio.wait_for(self.settle(ignore_parked=True), drain_timeout)
+            await asyncio.wait_for(self._drain(nodes), drain_timeout)
         except TimeoutError:
             drained = False
             log.warning("shutdown: %d message(s) still in flight after %.0fs; stopping anyway",
@@ -151,6 +152,22 @@ class Engine:
         self.contexts.flush()
         self.started = False
         return drained
+
+    async def _drain(self, nodes: list[Node]) -> None:
+        # Flush held messages, deliver them, and repeat: a flushed message may land in
+        # another holding node downstream (delay -> delay).
+        for _ in range(len(nodes) + 1):
+            await self.settle(ignore_parked=True)
+            before = self._delivered
+            for node in nodes:
+                if not node.is_source and not node.is_config:
+                    try:
+                        await node.flush()
+                    except Exception as e:
+                        log.error("[%s %s] error while flushing: %s", node.type, node.id, self.redact(e))
+            await self.settle(ignore_parked=True)
+            if self._delivered == before:
+                return
 
     async def _stop_node(self, node: Node) -> None:
         try:
@@ -237,6 +254,7 @@ class Engine:
         self._scheduled = False
         q = self.queue
         deliver = self.deliver
+        self._delivered += len(q)
         for _ in range(len(q)):
             node, msg = q.popleft()
             deliver(node, msg)

@@ -410,3 +410,16 @@ async def test_stop_drains_in_flight_messages():
     await h.advance(5)  # the in-flight request finishes during the drain
     assert await stopping is True
     assert len(h.messages("o")) == 1
+
+
+async def test_stop_flushes_holding_nodes_in_a_chain():
+    h = harness("""
+  - {id: d1, type: delay, delay: 3m, wires: [d2]}
+  - {id: d2, type: delay, delay: 3m, wires: [o]}
+  - {id: o, type: junction}
+""")
+    await h.start()
+    h.inject("d1", {"payload": "reading"})
+    await h.settle()
+    assert await h.stop() is True
+    assert h.payloads("o") == ["reading"]  # released by both delays, never lost

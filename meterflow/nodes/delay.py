@@ -56,7 +56,6 @@ when a message leaves, or when a reset or a per-topic replacement drops it.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import re
@@ -332,7 +331,8 @@ class Delay(Node):
         text = f"{n}" + (f", dropped {self._dropped}" if self._dropped else "")
         self.status("blue" if n else "grey", "dot" if n else "ring", text)
 
-    async def stop(self) -> None:
+    async def flush(self) -> None:
+        """Shutdown: release what is held now instead of discarding it (the engine then drains)."""
         self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
@@ -351,10 +351,9 @@ class Delay(Node):
                          self.id, len(held))
         for m in held:
             self._emit(m)
-        try:  # let them reach the nodes downstream before those stop
-            await asyncio.wait_for(self.flow.engine.settle(), 10.0)
-        except TimeoutError:
-            self.log.warning("[%s] shutdown: released messages still in flight after 10 s", self.id)
+
+    async def stop(self) -> None:
+        await self.flush()  # normally already done by the engine's drain phase
 
 
 def _key(topic: Any) -> Any:
