@@ -49,8 +49,8 @@ full Python.  There is no per-call time limit (Node-RED's ``timeout``): synchron
 Python cannot be interrupted without threads, so a code that loops forever blocks the
 engine.  Wait with ``await node.sleep()``, never ``time.sleep``.
 
-``language: javascript`` is dispatched to the module ``meterflow.nodes.function_js``
-(the ``meterflow[js]`` extra); see :data:`LANGUAGES` for the interface it implements.
+JavaScript (Node-RED's code, unchanged) is the ``function-js`` node type (the
+``meterflow[js]`` extra); ``language: javascript`` here is reported by ``meterflow check``.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ import ast
 import builtins
 import linecache
 import os
-from importlib import import_module
 from typing import Any
 
 from ..errors import FlowError, kind_of
@@ -67,12 +66,21 @@ from ..message import clone
 from ..node import Node
 from ..schema import Field
 
-#: Language -> module implementing it (None: this module's :class:`PythonRunner`).  A module
-#: provides ``check(config) -> [(path, message)]`` and ``Runner(node)`` with the interface of
-#: :class:`PythonRunner`: ``uses_done``, ``async start()``, ``run(msg)``, ``async stop()``.
-#: It must import heavy engines lazily: every module of ``meterflow.nodes`` is imported at start.
-LANGUAGES: dict[str, str | None] = {"python": None, "javascript": "meterflow.nodes.function_js"}
-MISSING_EXTRA = {"javascript": "javascript function nodes need the meterflow[js] extra (pip install 'meterflow[js]')"}
+#: ``language`` values.  Python runs here; JavaScript is the separate ``function-js`` node type
+#: (module ``function_js``, the ``meterflow[js]`` extra), so ``language: javascript`` is only
+#: recognised to say so.  A new language would get a runner with :class:`PythonRunner`'s interface
+#: (``uses_done``, ``async start()``, ``run(msg)``, ``async stop()``) chosen in :meth:`Function.setup`.
+LANGUAGES = ("python", "javascript")
+
+
+def _javascript_problem() -> str:
+    from importlib.util import find_spec
+
+    if find_spec("py_mini_racer") is None:
+        return ("javascript function nodes need the meterflow[js] extra (pip install 'meterflow[js]');"
+                " then write the node as type: function-js")
+    return "JavaScript code runs in a function-js node: write type: function-js instead of language: javascript"
+
 
 PARAMS = ("msg", "node", "context", "flow", "global_ctx", "env")
 _FN_NAME = "__meterflow_function__"
@@ -89,23 +97,12 @@ def env_value(node: Node, name: str) -> str | None:
     return os.environ.get(name)
 
 
-def _language_module(language: str):
-    target = LANGUAGES.get(language)
-    if target is None:
-        return None
-    try:
-        return import_module(target)
-    except ModuleNotFoundError:
-        raise FlowError(MISSING_EXTRA.get(language, f"{language} function nodes are not installed"),
-                        kind="config") from None
-
-
 class Function(Node):
     type = "function"
     summary = "Run Python code on each message (Node-RED's function node)"
     schema = {
         "code": Field("str", "the body of a function of msg, node, context, flow, global_ctx, env", default="return msg"),
-        "language": Field("str", "python (javascript needs the meterflow[js] extra)", choices=tuple(LANGUAGES),
+        "language": Field("str", "python (for JavaScript use the function-js node type)", choices=LANGUAGES,
                           default="python"),
         "outputs": Field("int|list", "number of outputs, or a list of output names", default=1),
         "setup": Field("str", "code run once at start (its names are visible to code)", default=""),
@@ -131,13 +128,8 @@ class Function(Node):
                     problems.append((("outputs", i), "output names are non-empty strings"))
                 elif outputs.index(name) != i:
                     problems.append((("outputs", i), f"output name {name!r} is used twice"))
-        language = config.get("language", "python")
-        try:
-            module = _language_module(language)
-        except FlowError as e:
-            return problems + [(("language",), str(e))]
-        if module is not None:
-            return problems + list(module.check(config))
+        if config.get("language", "python") == "javascript":
+            return problems + [(("language",), _javascript_problem())]
         for key in ("code", "setup", "cleanup"):
             text = config.get(key) or ""
             try:
@@ -150,8 +142,7 @@ class Function(Node):
         return problems
 
     def setup(self) -> None:
-        module = _language_module(self.config["language"])
-        self.runner = PythonRunner(self) if module is None else module.Runner(self)
+        self.runner = PythonRunner(self)
         if self.runner.uses_done:
             self.auto_done = False  # the code calls node.done() itself (an instance override)
         self._timers: set = set()
