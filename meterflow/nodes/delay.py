@@ -47,10 +47,11 @@ releases all (or the first N) pending messages now.  A message with both is queu
 flushed, then the rest is reset.  A message made of control properties only is never sent.
 
 Shutdown: Node-RED discards what a delay node holds when it stops.  meterflow does not
-lose data silently: the engine stops the sources, drains, then stops this node, which
-releases everything still held **immediately** (ignoring the remaining wait), logs how
-many, and gives the flow a moment to deliver them.  Messages that reach a stopped delay
-node are dropped with a warning.  This node calls ``done`` itself (``auto_done = False``):
+lose data silently: after the sources stop, the engine's drain phase calls ``flush``,
+which releases everything still held **immediately** (ignoring the remaining wait) and
+logs how many; the engine delivers them before any node stops.  Messages arriving after
+that pass straight through, up to ``DRAIN_PASSES`` of them, so a retry loop through a
+delay cannot spin during shutdown; beyond that they are dropped with a warning.  This node calls ``done`` itself (``auto_done = False``):
 when a message leaves, or when a reset or a per-topic replacement drops it.
 """
 
@@ -152,6 +153,7 @@ class Delay(Node):
         self._t0 = 0.0  # per-topic modes tick from start
         self._dropped = 0
         self._stopped = False
+        self._drain_passes = 0
 
     async def start(self) -> None:
         self._t0 = self.clock.time()
@@ -159,7 +161,13 @@ class Delay(Node):
     # ---- input ----------------------------------------------------------------------------
     def on_input(self, msg: dict) -> None:
         if self._stopped:
-            self.warn("stopped: a message arrived after shutdown began and was dropped")
+            # Shutting down: pass messages straight on so nothing is lost, but only a few,
+            # so a retry loop through this delay cannot spin while the engine drains.
+            self._drain_passes += 1
+            if self._drain_passes <= DRAIN_PASSES:
+                self._emit(msg)
+            else:
+                self.warn("shutting down: dropped a message looping through this delay")
             return None
         control_only = msg.keys() <= CONTROL
         has_reset, has_flush = "reset" in msg, "flush" in msg
@@ -354,6 +362,10 @@ class Delay(Node):
 
     async def stop(self) -> None:
         await self.flush()  # normally already done by the engine's drain phase
+
+
+#: Messages a delay passes on undelayed once shutdown began (see on_input).
+DRAIN_PASSES = 10
 
 
 def _key(topic: Any) -> Any:
