@@ -23,6 +23,7 @@ import ssl
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
+from . import redact
 from .errors import ConfigError, ConnectError, FlowError, HttpError, ParseError, TimeoutError, TlsError
 
 #: OpenSSL reasons (without the SSLV3_/TLSV1_/TLSV13_ prefix) for "the server did not accept our certificate".
@@ -32,7 +33,7 @@ _REJECTED = {"ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_UNKNOW
 
 
 def safe_url(url: object) -> str:
-    """``scheme://host:port/path`` without user info, query or fragment."""
+    """``scheme://host:port/path`` without user info, query or fragment; known secrets masked."""
     try:
         parts = urlsplit(str(url))
         host = parts.hostname or ""
@@ -41,7 +42,7 @@ def safe_url(url: object) -> str:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
         return "<invalid url>"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    return redact.redact(f"{parts.scheme}://{host}{port}{parts.path}")
 
 
 def chain(exc: BaseException) -> Iterator[BaseException]:

@@ -386,6 +386,16 @@ async def test_smt_registered_cert_unregistered_cert_and_catch(smt, smt_password
     assert caught["error"]["reason"] == "SSLV3_ALERT_BAD_CERTIFICATE"
 
 
+async def test_min_version_above_the_server_is_tls(smt, smt_password):
+    cert, key = smt.issue_client_cert("current")
+    text = smt_flow(smt, cert, key).replace("    server_name:", '    min_version: "1.3"\n    server_name:')
+    async with Harness(text=text, registry=registry()) as h:
+        await h.send("req", {"payload": dict(ODR)})  # the sandbox speaks TLS 1.2 at most, like SMT
+        [caught] = h.messages("tls_out")
+    assert "no TLS version both sides accept" in caught["error"]["message"]
+    assert len(smt.requests) == 0
+
+
 async def test_smt_faults_reset_slow_500_garbled(smt, smt_password):
     cert, key = smt.issue_client_cert("current")
     text = smt_flow(smt, cert, key, "    timeout: 300ms") + """
