@@ -19,12 +19,15 @@ user info, which may hold secrets); ``details`` carry ``url`` and, for tls, ``re
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import redact
 from .errors import ConfigError, ConnectError, FlowError, HttpError, ParseError, TimeoutError, TlsError
+
+if TYPE_CHECKING:  # ssl is imported when a request fails, not when meterflow starts
+    import ssl
 
 #: OpenSSL reasons (without the SSLV3_/TLSV1_/TLSV13_ prefix) for "the server did not accept our certificate".
 _REJECTED = {"ALERT_BAD_CERTIFICATE", "ALERT_CERTIFICATE_UNKNOWN", "ALERT_UNKNOWN_CA",
@@ -58,15 +61,15 @@ def chain(exc: BaseException) -> Iterator[BaseException]:
         todo.extend((e.__cause__, e.__context__))
 
 
-#: Not verdicts: flow control inside the TLS layer (anyio raises and catches SSLWantReadError,
-#: so it shows up as the __context__ of a later failure) and connections that simply ended.
-_NOT_A_VERDICT = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
-                  ssl.SSLSyscallError)
-
-
 def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The TLS verdict in the chain: a certificate check, else an SSLError with an OpenSSL reason."""
-    found = [e for e in chain(exc) if isinstance(e, ssl.SSLError) and not isinstance(e, _NOT_A_VERDICT)]
+    import ssl
+
+    # Not verdicts: flow control inside the TLS layer (anyio raises and catches SSLWantReadError,
+    # so it shows up as the __context__ of a later failure) and connections that simply ended.
+    not_a_verdict = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                     ssl.SSLSyscallError)
+    found = [e for e in chain(exc) if isinstance(e, ssl.SSLError) and not isinstance(e, not_a_verdict)]
     for e in found:
         if isinstance(e, ssl.SSLCertVerificationError):
             return e
@@ -81,6 +84,8 @@ def _reason(e: ssl.SSLError) -> str:
 
 
 def _explain(e: ssl.SSLError) -> str:
+    import ssl
+
     if isinstance(e, ssl.SSLCertVerificationError):
         return f"the server's certificate is not trusted: {e.verify_message or e.reason}"
     reason = _reason(e)
@@ -97,6 +102,8 @@ def _explain(e: ssl.SSLError) -> str:
 
 
 def _oserror_text(exc: BaseException) -> str:
+    import ssl
+
     for e in chain(exc):
         if isinstance(e, OSError) and not isinstance(e, ssl.SSLError) and e.strerror:
             return e.strerror

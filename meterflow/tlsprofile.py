@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # ssl loads when a profile is built, not when meterflow starts
+    import ssl
 
 log = logging.getLogger("meterflow.tls")
 
@@ -137,6 +139,8 @@ def check_files(s: TlsSettings) -> Material:
 
 def build_context(s: TlsSettings) -> tuple[ssl.SSLContext, Material]:
     """A client ``SSLContext`` for these settings; raises :class:`TlsFileError`."""
+    import ssl
+
     info = check_files(s)
     ctx = ssl.create_default_context()
     if s.ca:
@@ -240,6 +244,8 @@ def default_verify() -> tuple[int, ssl.SSLContext]:
     """System trust store, no client certificate (requests without a profile)."""
     global _default_ctx
     if _default_ctx is None:
+        import ssl
+
         _default_ctx = ssl.create_default_context()
     return 0, _default_ctx
 
