@@ -166,9 +166,10 @@ class Switch(Node):
             except PathError as e:
                 problems.append((("property",), str(e)))
         seen: dict[str, int] = {}
+        names = cls.output_names(config)
         for i, rule in enumerate(config["rules"]):
             problems.extend(cls._check_rule(i, rule))
-            name = cls.output_names(config)[i]
+            name = names[i]
             if name in seen:
                 problems.append((("rules", i, "output") if rule.get("output") else ("rules", i),
                                  f"output name {name!r} is already used by rule {seen[name]}"))
