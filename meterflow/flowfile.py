@@ -218,7 +218,10 @@ class _Loader:
                 else:
                     wires = self.wires(raw["wires"], cls, config, problems)
         for sub, msg in problems:
-            self.problem(doc, path + tuple(sub), msg, key=bool(sub) and "unknown field" in msg)
+            severity = "error"
+            if msg.startswith("warning: "):  # a node's check() may downgrade a problem
+                severity, msg = "warning", msg[len("warning: "):]
+            self.problem(doc, path + tuple(sub), msg, severity, key=bool(sub) and "unknown field" in msg)
         if ok:
             self.spec.nodes.append(NodeSpec(node_id, type_name if isinstance(type_name, str) else "?", name,
                                             config, wires, disabled, cls, doc, path))

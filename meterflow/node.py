@@ -111,7 +111,7 @@ class Node:
 
     def config_node(self, node_id: str) -> Node:
         """The config node with this id (validated to exist at load time)."""
-        return self.flow.engine.config_nodes[node_id]
+        return self.flow.nodes[node_id]
 
     @property
     def context(self) -> Context:

@@ -18,7 +18,7 @@ hookimpl = pluggy.HookimplMarker("meterflow")
 log = logging.getLogger("meterflow.plugins")
 
 #: Built-in plugin modules, registered exactly as a third-party pack would be.
-DEFAULT_PLUGINS = ("meterflow.nodes",)
+DEFAULT_PLUGINS = ("meterflow.nodes", "meterflow.credentials")
 
 
 class Registry:

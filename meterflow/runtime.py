@@ -319,7 +319,7 @@ class Engine:
         source = {"id": node.id, "type": node.type, "count": count}
         if node.name:
             source["name"] = node.name
-        error = {"message": text, "kind": kind, "source": source}
+        error = {"message": self.redact(text), "kind": kind, "source": source}
         if isinstance(err, FlowError):
             error.update(err.details)
         handled = False

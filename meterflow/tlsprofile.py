@@ -36,9 +36,10 @@ _VERSION = {"1.0": "TLSv1", "1.1": "TLSv1_1", "1.2": "TLSv1_2", "1.3": "TLSv1_3"
 class TlsFileError(ConfigError):
     """A local certificate, key or CA file that cannot be used; ``field`` is the config field."""
 
-    def __init__(self, field: str, message: str):
+    def __init__(self, field: str, message: str, missing: bool = False):
         super().__init__(message, field=field)
         self.field = field
+        self.missing = missing  # the file does not exist (yet): a warning for `check`
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ def _read(path: str, field: str, what: str) -> bytes:
         with open(os.path.expanduser(path), "rb") as f:
             return f.read()
     except OSError as e:
-        raise TlsFileError(field, f"cannot read {what} file {path}: {e.strerror or e}") from None
+        raise TlsFileError(field, f"cannot read {what} file {path}: {e.strerror or e}",
+                           missing=isinstance(e, FileNotFoundError)) from None
 
 
 def _no_passphrase() -> bytes:

@@ -8,7 +8,6 @@ follow Node-RED (``num`` of "" is 0, ``bool`` is true only for "true" in any cas
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import time
@@ -23,22 +22,9 @@ TYPES = ("str", "num", "bool", "json", "bin", "re", "date", "msg", "flow", "glob
 
 def to_number(value: Any) -> float | int:
     """JavaScript's ``Number()``: "" -> 0, "abc" -> NaN, keeps ints as ints."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int | float):
-        return value
-    if value is None:
-        return 0
-    text = str(value).strip()
-    if text == "":
-        return 0
-    try:
-        return int(text, 0) if re.fullmatch(r"[-+]?(0[xob])?[0-9a-fA-F]+", text) and not re.fullmatch(r"[-+]?0\d+", text) else float(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return math.nan
+    from .compare import js_number
+
+    return js_number(value)
 
 
 def to_bool(value: Any) -> bool:

@@ -53,7 +53,10 @@ class TlsProfileNode(Node):
         try:
             build_context(s)
         except TlsFileError as e:
-            problems.append(((e.field,) if e.field in config else (), str(e)))
+            # A file that does not exist yet (certificates not issued on this machine) only
+            # warns: `run` still refuses to start with this same message.
+            text = f"warning: {e} (the flow cannot start until it exists)" if e.missing else str(e)
+            problems.append(((e.field,) if e.field in config else (), text))
         return problems
 
     def setup(self) -> None:
