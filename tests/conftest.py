@@ -2,6 +2,9 @@ import pytest
 
 from meterflow.testing import Harness
 
+# Real services (mosquitto, influxd, aiosmtpd, an HTTP recorder), started once per session.
+pytest_plugins = ["services"]
+
 
 @pytest.fixture
 def flow():

@@ -1,0 +1,202 @@
+"""MQTT against Debian's mosquitto: retained readings reach a subscriber, Node-RED's
+topic/qos/retain precedence and payload encoding, mqtt-in, a broker outage in the middle of
+1,000 QoS 1 messages (none lost, order kept), and the disk spool across an engine restart."""
+
+import asyncio
+import json
+import os
+import threading
+import time
+
+import pytest
+from services import until
+
+from meterflow.nodes.mqtt import encode_payload
+from meterflow.testing import Harness
+
+paho = pytest.importorskip("paho.mqtt.client")
+
+OUTAGE = float(os.environ.get("METERFLOW_TEST_MQTT_OUTAGE", "10"))  # seconds the broker is down
+
+
+class Subscriber:
+    """A plain paho client on its own loop thread, collecting (topic, payload, retain)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "", clean: bool = True, qos: int = 1):
+        self.got: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        c.reconnect_delay_set(1, 1)
+        c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(topic, qos)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._message
+        c.connect("127.0.0.1", port, keepalive=5)
+        c.loop_start()
+        self.client = c
+        assert self.subscribed.wait(5), "subscriber did not subscribe"
+
+    def _message(self, client, userdata, m):
+        with self.lock:
+            self.got.append((m.topic, m.payload, bool(m.retain)))
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def broker_yaml(port: int, **extra) -> str:
+    fields = "".join(f"\n    {k}: {v}" for k, v in extra.items())
+    return f"""config:
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: {port}
+    reconnect_min: 1s
+    reconnect_max: 1s{fields}
+"""
+
+
+def test_payload_encoding_follows_node_red():
+    assert encode_payload(None) == ""
+    assert encode_payload(b"\x00\x01") == b"\x00\x01"
+    assert encode_payload({"a": 1, "b": [True, None]}) == '{"a":1,"b":[true,null]}'
+    assert encode_payload(12.0) == "12" and encode_payload(0.5) == "0.5" and encode_payload(7) == "7"
+    assert encode_payload(True) == "true" and encode_payload(float("nan")) == "NaN"
+
+
+async def test_retained_reading_reaches_a_subscriber(mosquitto):
+    text = "meterflow: 1\n" + broker_yaml(mosquitto.port) + """nodes:
+  - id: reading
+    type: mqtt-out
+    broker: broker
+    topic: smt/reading
+    retain: true
+    qos: 1
+  - id: free
+    type: mqtt-out
+    broker: broker
+  - id: done
+    type: complete
+    scope: [reading]
+    wires: [seen]
+  - id: seen
+    type: debug
+    active: false
+"""
+    async with Harness(text=text) as h:
+        await h.send("reading", {"payload": 1234.5, "topic": "ignored/topic"})   # node topic wins
+        await h.send("free", {"payload": {"kwh": 1.5}, "topic": "smt/json", "retain": True, "qos": 1})
+        await h.send("free", {"payload": "x", "topic": "bad/+/topic"})           # invalid: warned, not sent
+        out = h.node("reading").outbox
+        await until(lambda: out.delivered == 1 and h.node("free").outbox.delivered == 1, what="PUBACKs")
+        assert h.payloads("seen") == [1234.5]  # complete fires once the broker acknowledged
+        assert (out.stats()["queued"], out.stats()["dropped"]) == (0, 0)
+    sub = Subscriber(mosquitto.port, "smt/#")
+    try:
+        await until(lambda: len(sub.got) >= 2, what="retained messages")
+        assert sorted(sub.got) == [("smt/json", b'{"kwh":1.5}', True), ("smt/reading", b"1234.5", True)]
+    finally:
+        sub.close()
+
+
+async def test_mqtt_in_parses_json_and_keeps_topic(mosquitto):
+    text = "meterflow: 1\n" + broker_yaml(mosquitto.port) + """nodes:
+  - id: in
+    type: mqtt-in
+    broker: broker
+    topic: meter/in/#
+    datatype: json
+    wires: [seen]
+  - id: seen
+    type: debug
+    active: false
+"""
+    async with Harness(text=text) as h:
+        broker = h.node("broker")
+        await until(lambda: broker.connected, what="connection")
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", mosquitto.port)
+        pub.loop_start()
+        try:
+            await asyncio.sleep(0.3)  # let the SUBSCRIBE sent on connect land first
+            pub.publish("meter/in/a", json.dumps({"kwh": 3}), qos=1).wait_for_publish(2)
+            await until(lambda: len(h.messages("seen")) == 1, what="mqtt-in message")
+        finally:
+            pub.disconnect()
+            pub.loop_stop()
+        m = h.messages("seen")[0]
+        assert (m["topic"], m["payload"], m["qos"], m["retain"]) == ("meter/in/a", {"kwh": 3}, 1, False)
+
+
+async def test_broker_outage_in_the_middle_of_1000_qos1_messages_loses_nothing(mosquitto_factory):
+    broker = mosquitto_factory(persistent=True)
+    # A persistent subscriber session: the broker keeps its subscription across its restart.
+    sub = Subscriber(broker.port, "meter/seq", client_id="outage-sub", clean=False)
+    text = "meterflow: 1\n" + broker_yaml(broker.port, keepalive="2s") + """nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/seq
+    qos: 1
+"""
+    try:
+        async with Harness(text=text) as h:
+            out = h.node("out").outbox
+            for i in range(500):
+                h.inject("out", {"payload": i})
+            await until(lambda: out.delivered >= 200, what="first deliveries")
+            broker.stop()
+            t_down = time.monotonic()
+            for i in range(500, 1000):
+                h.inject("out", {"payload": i})
+            await h.settle()
+            await until(lambda: not h.node("broker").connected, what="disconnect")
+            assert out.stats()["queued"] > 0
+            await asyncio.sleep(max(0.0, OUTAGE - (time.monotonic() - t_down)))
+            assert out.delivered < 1000
+            broker.start()
+            await until(lambda: out.delivered == 1000, timeout=20, what="all 1000 delivered after the restart")
+            assert out.dropped == 0 and out.retried > 0
+        try:
+            await until(lambda: len({p for _, p, _ in sub.got}) == 1000, timeout=10, what="subscriber to get 1000")
+        except AssertionError:
+            got = {int(p) for _, p, _ in sub.got}
+            missing = sorted(set(range(1000)) - got)
+            raise AssertionError(f"missing {len(missing)}: {missing[:5]}..{missing[-5:]}, got {len(sub.got)}") from None
+    finally:
+        sub.close()
+    seen = [int(p) for _, p, _ in sub.got]
+    first = list(dict.fromkeys(seen))  # QoS 1 is at-least-once: drop redeliveries, keep first arrival order
+    assert first == list(range(1000))
+
+
+async def test_spooled_messages_are_published_by_the_next_engine(mosquitto, tmp_path):
+    file = str(tmp_path / "flow.yaml")
+    nodes = """nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/spooled
+    qos: 1
+    retain: true
+    spool: spool
+    drain: 0.2s
+"""
+    down = "meterflow: 1\n" + broker_yaml(1) + nodes  # nothing listens on port 1
+    async with Harness(text=down, file=file) as h:
+        for i in range(3):
+            await h.send("out", {"payload": f"reading {i}"})
+        assert h.node("out").outbox.stats()["queued"] == 3
+    assert len((tmp_path / "spool" / "out.jsonl").read_text().splitlines()) == 3
+
+    up = "meterflow: 1\n" + broker_yaml(mosquitto.port) + nodes
+    async with Harness(text=up, file=file) as h:
+        out = h.node("out").outbox
+        await until(lambda: out.delivered == 3, what="replayed messages")
+    sub = Subscriber(mosquitto.port, "meter/spooled")
+    try:
+        await until(lambda: len(sub.got) == 1)
+        assert sub.got == [("meter/spooled", b"reading 2", True)]  # the last retained one
+    finally:
+        sub.close()
