@@ -176,7 +176,14 @@ class _Loader:
     # ---- one node ----------------------------------------------------------------------
     def node(self, doc, path: tuple, raw: dict, in_config: bool) -> None:
         problems: list[tuple[tuple, str]] = []
-        raw = substitute_tree(raw, (), problems, self.env, self.registry.substitutions)
+        schemes = self.registry.substitutions
+        if "disabled" in raw:
+            raw = dict(raw, disabled=substitute_tree(raw["disabled"], ("disabled",), problems, self.env, {}))
+            if raw["disabled"] is True:
+                # A disabled node is not created: do not require its secrets (e.g. an
+                # unconfigured Home Assistant server in a shared flow).
+                schemes = dict.fromkeys(schemes)
+        raw = substitute_tree(raw, (), problems, self.env, schemes)
         node_id, type_name = raw.get("id"), raw.get("type")
         ok = True
         if not isinstance(node_id, str) or not node_id:

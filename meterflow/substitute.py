@@ -37,6 +37,8 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
         body = m.group(2)
         scheme, sep, key = body.partition(":")
         if sep and scheme in schemes and not key.startswith("-"):
+            if schemes[scheme] is None:
+                return m.group(0)  # a disabled node: its secrets are not looked up
             try:
                 value = schemes[scheme](key)
             except FlowError as e:
