@@ -148,6 +148,46 @@ def mosquitto(mosquitto_factory) -> Mosquitto:
     return mosquitto_factory()
 
 
+class Subscriber:
+    """A plain paho client on its own loop thread, collecting (topic, payload, retain)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "", clean: bool = True, qos: int = 1):
+        self.got: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        import paho.mqtt.client as paho
+
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
+        c.reconnect_delay_set(1, 1)
+        c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(topic, qos)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._message
+        c.connect("127.0.0.1", port, keepalive=5)
+        c.loop_start()
+        self.client = c
+        assert self.subscribed.wait(5), "subscriber did not subscribe"
+
+    def _message(self, client, userdata, m):
+        with self.lock:
+            self.got.append((m.topic, m.payload, bool(m.retain)))
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def broker_yaml(port: int, **extra) -> str:
+    fields = "".join(f"\n    {k}: {v}" for k, v in extra.items())
+    return f"""config:
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: {port}
+    reconnect_min: 1s
+    reconnect_max: 1s{fields}
+"""
+
+
 # ---- influxd 1.x ------------------------------------------------------------------------------
 class Influxd(_Process):
     def __init__(self, binary: str, directory: Path):
@@ -347,7 +387,7 @@ class HttpRecorder:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     def reply(self, status: int, body: bytes | dict | list = b"", headers: dict | None = None) -> None:

@@ -5,11 +5,10 @@ topic/qos/retain precedence and payload encoding, mqtt-in, a broker outage in th
 import asyncio
 import json
 import os
-import threading
 import time
 
 import pytest
-from services import until
+from services import Subscriber, broker_yaml, until
 
 from meterflow.nodes.mqtt import encode_payload
 from meterflow.testing import Harness
@@ -17,44 +16,6 @@ from meterflow.testing import Harness
 paho = pytest.importorskip("paho.mqtt.client")
 
 OUTAGE = float(os.environ.get("METERFLOW_TEST_MQTT_OUTAGE", "10"))  # seconds the broker is down
-
-
-class Subscriber:
-    """A plain paho client on its own loop thread, collecting (topic, payload, retain)."""
-
-    def __init__(self, port: int, topic: str, client_id: str = "", clean: bool = True, qos: int = 1):
-        self.got: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
-        self.subscribed = threading.Event()
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
-        c.reconnect_delay_set(1, 1)
-        c.on_connect = lambda cl, ud, fl, rc, pr: cl.subscribe(topic, qos)
-        c.on_subscribe = lambda *a: self.subscribed.set()
-        c.on_message = self._message
-        c.connect("127.0.0.1", port, keepalive=5)
-        c.loop_start()
-        self.client = c
-        assert self.subscribed.wait(5), "subscriber did not subscribe"
-
-    def _message(self, client, userdata, m):
-        with self.lock:
-            self.got.append((m.topic, m.payload, bool(m.retain)))
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def broker_yaml(port: int, **extra) -> str:
-    fields = "".join(f"\n    {k}: {v}" for k, v in extra.items())
-    return f"""config:
-  - id: broker
-    type: mqtt-broker
-    host: 127.0.0.1
-    port: {port}
-    reconnect_min: 1s
-    reconnect_max: 1s{fields}
-"""
 
 
 def test_payload_encoding_follows_node_red():

@@ -137,6 +137,7 @@ class MqttBroker(Node):
         self._lost: asyncio.Future | None = None
         self._last_error: str | None = None
         self._ever_connected = False
+        self._stopping = False
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -180,6 +181,7 @@ class MqttBroker(Node):
         client = self.client
         if client is None:
             return
+        self._stopping = True
         close = self.config.get("close")
         if close and self.connected:
             info = client.publish(close["topic"], encode_payload(close.get("payload")), close.get("qos", 0),
@@ -254,7 +256,8 @@ class MqttBroker(Node):
         was = self.connected
         self.connected = False
         if was:
-            self.log.warning("[%s] disconnected from %s: %s", self.id, self._where(), reason)
+            level = logging.DEBUG if self._stopping else logging.WARNING
+            self.log.log(level, "[%s] disconnected from %s: %s", self.id, self._where(), reason)
         # QoS 0 messages paho had not written yet are gone with the connection: send them again.
         for mid, (fut, qos) in list(self._pending.items()):
             if qos == 0:
