@@ -16,19 +16,21 @@ def _print_problems(problems, stream=None) -> None:
         print(p, file=stream)
 
 
-def _load(files: list[str], args=None):
+def _load(files: list[str], for_run: bool = True):
     from .flowfile import load_flow
 
-    return [load_flow(f) for f in files]
+    return [load_flow(f, for_run=for_run) for f in files]
 
 
 def cmd_check(args) -> int:
-    specs = _load(args.files)
+    specs = _load(args.files, for_run=False)
     errors = warnings = 0
     for spec in specs:
         _print_problems(spec.problems, sys.stdout)
         errors += len(spec.errors)
         warnings += len(spec.problems) - len(spec.errors)
+    if args.strict and warnings:
+        errors, warnings = errors + warnings, 0
     if errors:
         print(f"{errors} error(s), {warnings} warning(s) in {len(specs)} file(s)", file=sys.stderr)
         return 1
@@ -167,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate flow files; print every problem as file:line:col")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--strict", action="store_true",
+                   help="warnings (missing secrets or certificate files, unused config nodes) fail too")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("nodes", help="list node types, or show one type's config schema")

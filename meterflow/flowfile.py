@@ -90,8 +90,9 @@ class FlowSpec:
 
 
 class _Loader:
-    def __init__(self, registry, env, file: str):
+    def __init__(self, registry, env, file: str, for_run: bool = True):
         self.registry = registry
+        self.for_run = for_run
         self.env = os.environ if env is None else env
         self.spec = FlowSpec(file=file, name=Path(file).stem)
         self.seen_files: set[str] = set()
@@ -183,7 +184,7 @@ class _Loader:
                 # A disabled node is not created: do not require its secrets (e.g. an
                 # unconfigured Home Assistant server in a shared flow).
                 schemes = dict.fromkeys(schemes)
-        raw = substitute_tree(raw, (), problems, self.env, schemes)
+        raw = substitute_tree(raw, (), problems, self.env, schemes, secrets_warn=not self.for_run)
         node_id, type_name = raw.get("id"), raw.get("type")
         ok = True
         if not isinstance(node_id, str) or not node_id:
@@ -333,10 +334,13 @@ class _Loader:
         return ()
 
 
-def load_flow(file: str, registry=None, *, text: str | None = None, env=None) -> FlowSpec:
-    """Load and validate a flow file (or ``text`` given for ``file``)."""
+def load_flow(file: str, registry=None, *, text: str | None = None, env=None, for_run: bool = True) -> FlowSpec:
+    """Load and validate a flow file (or ``text`` given for ``file``).
+
+    ``for_run=False`` is ``meterflow check``: secrets missing from the credential store
+    are warnings there (the file is valid; this machine lacks the secret), errors here."""
     if registry is None:
         from .plugins import registry as default_registry
 
         registry = default_registry()
-    return _Loader(registry, env, str(file)).load(str(file), text)
+    return _Loader(registry, env, str(file), for_run).load(str(file), text)

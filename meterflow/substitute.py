@@ -22,7 +22,9 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Unresolved(Exception):
-    pass
+    def __init__(self, message: str, secret: bool = False):
+        super().__init__(message)
+        self.secret = secret  # a ${scheme:key} lookup failed: the store, not the file, is wrong
 
 
 def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable[[str], str]]) -> Any:
@@ -42,7 +44,7 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
             try:
                 value = schemes[scheme](key)
             except FlowError as e:
-                raise Unresolved(str(e)) from None
+                raise Unresolved(str(e), secret=True) from None
             redact.add(value)
             return value
         name, sep, default = body.partition(":-")
@@ -64,18 +66,22 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
     return _scalar_text(result) if whole and not whole.group(1) else result
 
 
-def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None) -> Any:
-    """Apply :func:`substitute` to every string in a nested value; record problems by path."""
+def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None,
+                    secrets_warn: bool = False) -> Any:
+    """Apply :func:`substitute` to every string in a nested value; record problems by path.
+
+    With ``secrets_warn`` (``meterflow check``), a secret missing from the store is a
+    warning: the flow file is fine, the machine is not set up yet."""
     env = os.environ if env is None else env
     schemes = schemes or {}
     if isinstance(value, str):
         try:
             return substitute(value, env, schemes)
         except Unresolved as e:
-            problems.append((path, str(e)))
+            problems.append((path, f"warning: {e}" if e.secret and secrets_warn else str(e)))
             return value
     if isinstance(value, dict):
-        return {k: substitute_tree(v, path + (k,), problems, env, schemes) for k, v in value.items()}
+        return {k: substitute_tree(v, path + (k,), problems, env, schemes, secrets_warn) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute_tree(v, path + (i,), problems, env, schemes) for i, v in enumerate(value)]
+        return [substitute_tree(v, path + (i,), problems, env, schemes, secrets_warn) for i, v in enumerate(value)]
     return value
