@@ -184,7 +184,7 @@ class _Loader:
                 # A disabled node is not created: do not require its secrets (e.g. an
                 # unconfigured Home Assistant server in a shared flow).
                 schemes = dict.fromkeys(schemes)
-        raw = substitute_tree(raw, (), problems, self.env, schemes, secrets_warn=not self.for_run)
+        raw = substitute_tree(raw, (), problems, self.env, schemes)
         node_id, type_name = raw.get("id"), raw.get("type")
         ok = True
         if not isinstance(node_id, str) or not node_id:
@@ -229,6 +229,8 @@ class _Loader:
             severity = "error"
             if msg.startswith("warning: "):  # a node's check() may downgrade a problem
                 severity, msg = "warning", msg[len("warning: "):]
+            elif msg.startswith("missing: "):  # not set up on this machine yet: fatal only for run
+                severity, msg = ("error" if self.for_run else "warning"), msg[len("missing: "):]
             self.problem(doc, path + tuple(sub), msg, severity, key=bool(sub) and "unknown field" in msg)
         if ok:
             self.spec.nodes.append(NodeSpec(node_id, type_name if isinstance(type_name, str) else "?", name,
@@ -337,8 +339,9 @@ class _Loader:
 def load_flow(file: str, registry=None, *, text: str | None = None, env=None, for_run: bool = True) -> FlowSpec:
     """Load and validate a flow file (or ``text`` given for ``file``).
 
-    ``for_run=False`` is ``meterflow check``: secrets missing from the credential store
-    are warnings there (the file is valid; this machine lacks the secret), errors here."""
+    ``for_run=False`` is ``meterflow check``: what this machine lacks (a secret in the
+    credential store, a certificate file) is a warning there — the file itself is valid —
+    and an error when loading to run."""
     if registry is None:
         from .plugins import registry as default_registry
 

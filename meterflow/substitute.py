@@ -66,22 +66,21 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
     return _scalar_text(result) if whole and not whole.group(1) else result
 
 
-def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None,
-                    secrets_warn: bool = False) -> Any:
+def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None) -> Any:
     """Apply :func:`substitute` to every string in a nested value; record problems by path.
 
-    With ``secrets_warn`` (``meterflow check``), a secret missing from the store is a
-    warning: the flow file is fine, the machine is not set up yet."""
+    A secret missing from the store is marked ``missing:``: the flow file is fine, this
+    machine is not set up yet (a warning for ``check``, an error for ``run``)."""
     env = os.environ if env is None else env
     schemes = schemes or {}
     if isinstance(value, str):
         try:
             return substitute(value, env, schemes)
         except Unresolved as e:
-            problems.append((path, f"warning: {e}" if e.secret and secrets_warn else str(e)))
+            problems.append((path, f"missing: {e}" if e.secret else str(e)))
             return value
     if isinstance(value, dict):
-        return {k: substitute_tree(v, path + (k,), problems, env, schemes, secrets_warn) for k, v in value.items()}
+        return {k: substitute_tree(v, path + (k,), problems, env, schemes) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute_tree(v, path + (i,), problems, env, schemes, secrets_warn) for i, v in enumerate(value)]
+        return [substitute_tree(v, path + (i,), problems, env, schemes) for i, v in enumerate(value)]
     return value

@@ -54,8 +54,8 @@ class TlsProfileNode(Node):
             build_context(s)
         except TlsFileError as e:
             # A file that does not exist yet (certificates not issued on this machine) only
-            # warns: `run` still refuses to start with this same message.
-            text = f"warning: {e} (the flow cannot start until it exists)" if e.missing else str(e)
+            # warns in `check`; `run` refuses to load with this same message.
+            text = f"missing: {e}" if e.missing else str(e)
             problems.append(((e.field,) if e.field in config else (), text))
         return problems
 
