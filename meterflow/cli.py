@@ -208,7 +208,7 @@ def _optional_commands(sub) -> None:
     """Built-in commands that live in their own modules."""
     from importlib import import_module
 
-    for module in ("creds_cli", "sandbox.cli", "nodered.cli"):
+    for module in ("creds_cli", "sandbox.cli", "nodered.cli", "demo"):
         try:
             mod = import_module(f"meterflow.{module}")
         except ModuleNotFoundError as e:

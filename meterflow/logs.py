@@ -36,3 +36,5 @@ def setup(level: str = "info", fmt: str = "pretty", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    # httpx logs every request at INFO; meterflow's --trace is the place for that.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
