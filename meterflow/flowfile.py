@@ -140,6 +140,10 @@ class _Loader:
         if isinstance(data.get("name"), str):
             self.spec.name = data["name"]
         ctx = data.get("context") if isinstance(data.get("context"), dict) else {}
+        problems: list = []
+        ctx = substitute_tree(ctx, ("context",), problems, self.env, {})
+        for path, msg in problems:
+            self.problem(doc, path, msg)
         self.spec.context = defaults(TOP_SCHEMA["context"].fields, ctx)
         if self.spec.context.get("dir"):
             self.spec.context["dir"] = str(Path(file).parent / self.spec.context["dir"])
