@@ -142,6 +142,31 @@ def test_check_as_a_process_exit_codes(files):
     assert run("check").returncode == 2
 
 
+SECRET_FLOW = """\
+meterflow: 1
+nodes:
+  - id: login
+    type: change
+    rules: [{set: password, to: "${creds:smt.password}"}]
+"""
+
+
+@pytest.mark.skipif("creds" not in registry().substitutions, reason="the credential store is not installed")
+def test_missing_secret_warns_in_check_fails_with_strict_and_stops_run(capsys, files, monkeypatch, tmp_path):
+    store = str(tmp_path / "creds.json")  # empty: the flow is fine, this machine is not set up yet
+    monkeypatch.setenv("METERFLOW_CREDENTIALS", store)
+    path = files("secret.yaml", SECRET_FLOW)
+    code, out, err = cli(capsys, "check", path)
+    assert code == 0 and out.startswith(f"{path}:5:33: warning: no credential 'smt'")
+    assert err.strip() == "ok: 1 file(s), 1 node(s), 1 warning(s)"
+    code, out, _ = cli(capsys, "check", "--strict", path)
+    assert code == 1 and "warning: no credential 'smt'" in out
+    proc = subprocess.run([sys.executable, "-m", "meterflow.cli", "run", path], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT, env={**os.environ, "METERFLOW_CREDENTIALS": store,
+                                                     "METERFLOW_RUNTIME_DIR": str(tmp_path / "rt")})
+    assert proc.returncode == 1 and f"{path}:5:33: error: no credential 'smt'" in proc.stderr
+
+
 # ---- nodes ------------------------------------------------------------------------------------
 def test_nodes_lists_every_type_with_its_plugin(capsys):
     code, out, _ = cli(capsys, "nodes")

@@ -312,6 +312,32 @@ def test_scheme_errors_are_reported():
     assert errors(spec) == ["flow.yaml:3:32: error: no credential 'nope'"]
 
 
+def test_a_missing_secret_warns_for_check_and_fails_for_run():
+    """The file is fine; this machine lacks the secret: check warns, run refuses."""
+    from meterflow.errors import FlowError
+
+    def vault(key: str) -> str:
+        raise FlowError(f"no credential {key!r}")
+
+    text = "meterflow: 1\nnodes:\n  - {id: p, type: probe, text: '${vault:smt.password}'}\n"
+    for for_run, severity in ((False, "warning"), (True, "error")):
+        spec = load_flow("flow.yaml", Reg({"vault": vault}), text=text, env={}, for_run=for_run)
+        assert [str(p) for p in spec.problems] == [f"flow.yaml:3:32: {severity}: no credential 'smt.password'"]
+
+
+def test_a_disabled_node_does_not_look_up_its_secrets():
+    calls = []
+
+    def vault(key: str) -> str:
+        calls.append(key)
+        return "x" * 8
+
+    spec = load("meterflow: 1\nnodes:\n  - {id: p, type: probe, disabled: true, text: '${vault:ha.token}'}\n",
+                reg=Reg({"vault": vault}))
+    assert not spec.problems and calls == []
+    assert spec.node("p").config["text"] == "${vault:ha.token}"
+
+
 def test_secret_looking_env_names_are_redacted():
     load("meterflow: 1\nnodes:\n  - {id: p, type: probe, text: '${SMT_PASSWORD}'}\n",
          env={"SMT_PASSWORD": "pw-from-env-42"})
