@@ -72,7 +72,8 @@ async def login(user_id: str | None, keeper, *, okta_url: str = OKTA_URL, api_ur
 
 def add_login_parser(services) -> argparse.ArgumentParser:
     p = services.add_parser("iec", help="log in to Israel Electric Corporation with an SMS code",
-                            description=__doc__.split("\n\n")[0])
+                            description="Log in to IEC once with your ID number and an SMS code; the tokens "
+                                        "go to the credential store and flows refresh them from then on.")
     p.add_argument("--user-id", help="ID number (asked when missing)")
     p.add_argument("--okta-url", default=None,
                    help=f"Okta base URL (default: $IEC_OKTA_URL or {OKTA_URL})")

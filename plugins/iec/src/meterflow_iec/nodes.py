@@ -159,7 +159,7 @@ class IECAccount(Node):
 
     def setup(self) -> None:
         c = self.config
-        self.user_id = None if c.get("user_id") in (None, "") else str(c["user_id"]).strip()
+        self.user_id = _id_text(c.get("user_id"), 9)  # Israeli ID numbers have 9 digits
         self.bp = _id_text(c.get("bp_number"), 10)
         self.contract = _id_text(c.get("contract_id"), 12)
         self.serial = _id_text(c.get("meter_serial"), 0)
