@@ -29,10 +29,9 @@ def cmd_check(args) -> int:
         _print_problems(spec.problems, sys.stdout)
         errors += len(spec.errors)
         warnings += len(spec.problems) - len(spec.errors)
-    if args.strict and warnings:
-        errors, warnings = errors + warnings, 0
-    if errors:
-        print(f"{errors} error(s), {warnings} warning(s) in {len(specs)} file(s)", file=sys.stderr)
+    if errors or (args.strict and warnings):
+        strict = " (--strict: warnings fail)" if args.strict and warnings else ""
+        print(f"{errors} error(s), {warnings} warning(s) in {len(specs)} file(s){strict}", file=sys.stderr)
         return 1
     if not args.quiet:
         total = sum(len(s.nodes) for s in specs)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import yamlpos
-from .schema import Field, defaults, did_you_mean, validate
+from . import redact, yamlpos
+from .schema import Field, defaults, did_you_mean, secret_values, validate
 from .substitute import substitute_tree
 
 VERSION = 1
@@ -145,7 +145,7 @@ class _Loader:
         for path, msg in problems:
             self.problem(doc, path, msg)
         self.spec.context = defaults(TOP_SCHEMA["context"].fields, ctx)
-        if self.spec.context.get("dir"):
+        if isinstance(self.spec.context.get("dir"), str) and self.spec.context["dir"]:
             self.spec.context["dir"] = str(Path(file).parent / self.spec.context["dir"])
         self.seen_files.add(os.path.abspath(file))
         self.collect(doc)
@@ -155,7 +155,8 @@ class _Loader:
 
     def collect(self, doc: yamlpos.Document) -> None:
         data = doc.data
-        for i, inc in enumerate(data.get("include") or []):
+        includes = data.get("include")
+        for i, inc in enumerate(includes if isinstance(includes, list) else []):
             if not isinstance(inc, str):
                 continue
             target = str(Path(doc.file).parent / inc)
@@ -182,13 +183,15 @@ class _Loader:
     def node(self, doc, path: tuple, raw: dict, in_config: bool) -> None:
         problems: list[tuple[tuple, str]] = []
         schemes = self.registry.substitutions
+        n = len(path)
+        quoted = {q[n:] for q in doc.quoted if q[:n] == path}
         if "disabled" in raw:
-            raw = dict(raw, disabled=substitute_tree(raw["disabled"], ("disabled",), problems, self.env, {}))
+            raw = dict(raw, disabled=substitute_tree(raw["disabled"], ("disabled",), problems, self.env, {}, quoted))
             if raw["disabled"] is True:
                 # A disabled node is not created: do not require its secrets (e.g. an
                 # unconfigured Home Assistant server in a shared flow).
                 schemes = dict.fromkeys(schemes)
-        raw = substitute_tree(raw, (), problems, self.env, schemes)
+        raw = substitute_tree(raw, (), problems, self.env, schemes, quoted)
         node_id, type_name = raw.get("id"), raw.get("type")
         ok = True
         if not isinstance(node_id, str) or not node_id:
@@ -219,6 +222,8 @@ class _Loader:
                 problems.append((("type",), f"{type_name!r} is not a config node: list it under 'nodes:'"))
             problems.extend(validate(config, cls.schema))
             config = defaults(cls.schema, config)
+            for secret in secret_values(cls.schema, config):
+                redact.add(secret)
             if not any(p[1].startswith("field") or "unknown field" in p[1] or "missing" in p[1] for p in problems):
                 try:
                     problems.extend(cls.check(config))
@@ -229,6 +234,8 @@ class _Loader:
                     problems.append((("wires",), "config nodes have no wires"))
                 else:
                     wires = self.wires(raw["wires"], cls, config, problems)
+        if cls is None and "wires" in raw:
+            wires = [_all_ids(raw["wires"])]  # still check the ids of an unknown type's wires
         for sub, msg in problems:
             severity = "error"
             if msg.startswith("warning: "):  # a node's check() may downgrade a problem
@@ -303,19 +310,30 @@ class _Loader:
             except Exception:
                 refs = []
             for sub, ref, want in refs:
+                if not isinstance(ref, str):
+                    used.update(_all_ids(ref))  # wrong shape (already reported), but clearly meant
+                    continue
                 used.add(ref)
                 target = by_id.get(ref)
-                if want is None:
-                    candidates = [x.id for x in self.spec.nodes if not x.is_config]
+                where = n.path + tuple(sub)
+                if want is None or want.startswith("node:"):
+                    kind = want[5:] if want else None
+                    candidates = [x.id for x in self.spec.nodes if not x.is_config and (kind is None or x.type == kind)]
                     if target is None or target.is_config:
-                        self.problem(n.doc, n.path + tuple(sub), f"unknown node {ref!r}{did_you_mean(ref, candidates)}")
+                        label = f"{kind} node" if kind else "node"
+                        self.problem(n.doc, where, f"unknown {label} {ref!r}{did_you_mean(ref, candidates)}")
+                    elif kind and target.type != kind:
+                        self.problem(n.doc, where, f"{ref!r} is {_a(target.type)}, expected {_a(kind)} node")
                     continue
                 wanted = want.split("|")
                 candidates = [x.id for x in self.spec.nodes if x.type in wanted]
                 if target is None:
-                    self.problem(n.doc, n.path + tuple(sub), f"unknown {want} config node {ref!r}{did_you_mean(ref, candidates)}")
+                    self.problem(n.doc, where, f"unknown {want} config node {ref!r}{did_you_mean(ref, candidates)}")
                 elif target.type not in wanted:
-                    self.problem(n.doc, n.path + tuple(sub), f"{ref!r} is a {target.type}, expected a {want}")
+                    self.problem(n.doc, where, f"{ref!r} is {_a(target.type)}, expected {_a(want)}")
+                elif target.disabled and not n.disabled:
+                    self.problem(n.doc, where, f"config node {ref!r} is disabled, but {n.id!r} uses it"
+                                 " (disable both, or neither)")
         for n in self.spec.nodes:
             if n.is_config and n.id not in used and not n.disabled:
                 self.problem(n.doc, n.path + ("id",), f"config node {n.id!r} is not used by any node", severity="warning")
@@ -338,6 +356,18 @@ class _Loader:
         if isinstance(raw, list) and out < len(raw):
             return (out,) if isinstance(raw[out], str) else (out, j)
         return ()
+
+
+def _all_ids(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [i for v in value for i in _all_ids(v)] if isinstance(value, list) else []
+
+
+def _a(word: str) -> str:
+    return ("an " if word[:1].lower() in "aeiou" else "a ") + word
 
 
 def load_flow(file: str, registry=None, *, text: str | None = None, env=None, for_run: bool = True) -> FlowSpec:

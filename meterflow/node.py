@@ -63,7 +63,10 @@ class Node:
 
     @classmethod
     def references(cls, config: dict) -> list[tuple[tuple, str, str | None]]:
-        """Ids this config names: ``[(path, id, config_type_or_None_for_a_flow_node)]``."""
+        """Ids this config names: ``[(path, id, want)]``.
+
+        ``want`` is a config-node type (``"mqtt-broker"``, several joined by ``|``), ``None``
+        for any flow node, or ``"node:<type>"`` for a flow node of that type."""
         return []
 
     # ---- lifecycle -------------------------------------------------------------------------

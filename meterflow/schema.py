@@ -217,3 +217,18 @@ def defaults(schema: dict[str, Field], config: dict) -> dict:
         elif f.item is not None and f.item.fields is not None and isinstance(v, list):
             out[name] = [defaults(f.item.fields, x) if isinstance(x, dict) else x for x in v]
     return out
+
+
+def secret_values(schema: dict[str, Field], config: Any):
+    """The values of fields marked ``secret``, nested maps and lists included."""
+    if not isinstance(config, dict):
+        return
+    for name, f in schema.items():
+        v = config.get(name)
+        if f.secret and isinstance(v, str):
+            yield v
+        if f.fields is not None:
+            yield from secret_values(f.fields, v)
+        if f.item is not None and f.item.fields is not None and isinstance(v, list):
+            for x in v:
+                yield from secret_values(f.item.fields, x)

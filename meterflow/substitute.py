@@ -19,6 +19,7 @@ from .yamlpos import _scalar_text
 
 _REF = re.compile(r"\$(\$?)\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+_UNCLOSED = re.compile(r"(?<!\$)\$\{")
 
 
 class Unresolved(Exception):
@@ -27,9 +28,11 @@ class Unresolved(Exception):
         self.secret = secret  # a ${scheme:key} lookup failed: the store, not the file, is wrong
 
 
-def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable[[str], str]]) -> Any:
-    """Resolve every reference in ``text``.  A value that is one whole reference gets
-    YAML 1.2 typing (``${PORT:-1883}`` is the number 1883); raises :class:`Unresolved`."""
+def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable[[str], str]],
+               typed: bool = True) -> Any:
+    """Resolve every reference in ``text``.  An unquoted value that is one whole reference
+    gets YAML 1.2 typing (``${PORT:-1883}`` is the number 1883; ``"${ESIID}"`` stays a
+    string); raises :class:`Unresolved`."""
     if "${" not in text:
         return text
 
@@ -52,7 +55,7 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
             known = ", ".join(sorted(schemes)) or "none"
             raise Unresolved(f"invalid reference ${{{body}}}: write ${{NAME}}, ${{NAME:-default}} or ${{scheme:key}}"
                              f" (schemes: {known})")
-        if name in env:
+        if name in env and not (sep and env[name] == ""):  # ${X:-d}: empty counts as unset, as in sh
             value = env[name]
             if redact.is_secret_name(name):
                 redact.add(value)
@@ -63,10 +66,13 @@ def substitute(text: str, env: Mapping[str, str], schemes: Mapping[str, Callable
 
     whole = _REF.fullmatch(text)
     result = _REF.sub(one, text)
-    return _scalar_text(result) if whole and not whole.group(1) else result
+    if _UNCLOSED.search(_REF.sub("", text)):
+        raise Unresolved(f"unterminated reference in {text!r}: write ${{NAME}} (or $${{ for a literal ${{)")
+    return _scalar_text(result) if typed and whole and not whole.group(1) else result
 
 
-def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None) -> Any:
+def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=None,
+                    quoted: set | frozenset = frozenset()) -> Any:
     """Apply :func:`substitute` to every string in a nested value; record problems by path.
 
     A secret missing from the store is marked ``missing:``: the flow file is fine, this
@@ -75,12 +81,12 @@ def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=N
     schemes = schemes or {}
     if isinstance(value, str):
         try:
-            return substitute(value, env, schemes)
+            return substitute(value, env, schemes, typed=path not in quoted)
         except Unresolved as e:
             problems.append((path, f"missing: {e}" if e.secret else str(e)))
             return value
     if isinstance(value, dict):
-        return {k: substitute_tree(v, path + (k,), problems, env, schemes) for k, v in value.items()}
+        return {k: substitute_tree(v, path + (k,), problems, env, schemes, quoted) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute_tree(v, path + (i,), problems, env, schemes) for i, v in enumerate(value)]
+        return [substitute_tree(v, path + (i,), problems, env, schemes, quoted) for i, v in enumerate(value)]
     return value

@@ -51,6 +51,7 @@ class Document:
     file: str
     marks: dict = field(default_factory=dict)  # path -> Mark of the value
     key_marks: dict = field(default_factory=dict)  # path -> Mark of the mapping key
+    quoted: set = field(default_factory=set)  # paths of quoted (or !!str) scalars: always strings
 
     def mark(self, path: Path, key: bool = False) -> Mark:
         """Position of ``path``, or of its nearest ancestor that exists."""
@@ -94,43 +95,70 @@ def _plain(node) -> bool:
     return not node.style
 
 
+_KNOWN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+_STR = "tag:yaml.org,2002:str"
+_resolver = yaml.resolver.Resolver()
+
+
+def _implicit(node) -> bool:
+    """The tag is the one PyYAML's resolver chose for a plain scalar (we retype those ourselves)."""
+    return _plain(node) and _resolver.resolve(yaml.ScalarNode, node.value, (True, False)) == node.tag
+
+
+def _explicit_str(node) -> bool:
+    """``!!str 123``: a plain scalar whose str tag is not what the resolver would pick."""
+    return node.tag == _STR and _resolver.resolve(yaml.ScalarNode, node.value, (True, False)) != _STR
+
+
 class _Builder:
     def __init__(self, doc: Document):
         self.doc = doc
+        self._open: set[int] = set()  # nodes being built: an alias back into one is recursive
 
     def build(self, node, path: Path) -> Any:
         self.doc.marks[path] = _mark(node)
+        if node.tag not in _KNOWN_TAGS and not (isinstance(node, yaml.ScalarNode) and _implicit(node)):
+            raise YamlError(f"unsupported YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')}", *_pos(node))
         if isinstance(node, yaml.ScalarNode):
-            if not node.tag.startswith("tag:yaml.org,2002:"):
-                raise YamlError(f"unsupported YAML tag {node.tag}", *_pos(node))
+            if not _plain(node) or _explicit_str(node):
+                self.doc.quoted.add(path)
+                return node.value
             return _scalar(node)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
-        if isinstance(node, yaml.MappingNode):
-            out: dict = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    merged = self.build(value_node, path + ("<<",))
-                    for m in merged if isinstance(merged, list) else [merged]:
-                        if not isinstance(m, dict):
-                            raise YamlError("'<<' merges a mapping or a list of mappings", *_pos(value_node))
-                        for k, v in m.items():
-                            out.setdefault(k, v)
-                    continue
-                if not isinstance(key_node, yaml.ScalarNode):
-                    raise YamlError("mapping keys must be plain values", *_pos(key_node))
-                key = _scalar(key_node)
-                if not isinstance(key, str | int) or isinstance(key, bool):
-                    key = key_node.value
-                if key in out:
-                    first = self.doc.key_marks[path + (key,)]
-                    raise YamlError(
-                        f"duplicate key {key!r} (first defined at line {first.line})", *_pos(key_node)
-                    )
-                self.doc.key_marks[path + (key,)] = _mark(key_node)
-                out[key] = self.build(value_node, path + (key,))
-            return out
-        raise YamlError("unsupported YAML node", *_pos(node))  # pragma: no cover
+        if id(node) in self._open:
+            raise YamlError("recursive alias: an anchor cannot contain an alias to itself", *_pos(node))
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
+            return self._mapping(node, path)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node, path: Path) -> dict:
+        out: dict = {}
+        merged: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                value = self.build(value_node, path + ("<<",))
+                for m in value if isinstance(value, list) else [value]:
+                    if not isinstance(m, dict):
+                        raise YamlError("'<<' merges a mapping or a list of mappings", *_pos(value_node))
+                    for k, v in m.items():
+                        merged.setdefault(k, v)
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise YamlError("mapping keys must be plain values", *_pos(key_node))
+            key = _scalar(key_node) if _plain(key_node) else key_node.value
+            if not isinstance(key, str | int) or isinstance(key, bool):
+                key = key_node.value
+            if key in out:
+                first = self.doc.key_marks[path + (key,)]
+                raise YamlError(f"duplicate key {key!r} (first defined at line {first.line})", *_pos(key_node))
+            self.doc.key_marks[path + (key,)] = _mark(key_node)
+            out[key] = self.build(value_node, path + (key,))
+        for k, v in merged.items():  # keys written in the mapping win over merged ones
+            out.setdefault(k, v)
+        return out
 
 
 def _pos(node) -> tuple[int, int]:

@@ -15,15 +15,16 @@ from ..node import Node
 from ..schema import Field, parse_duration
 
 
-def _links(config: dict) -> list:
-    return [(("links", i), x, None) for i, x in enumerate(config.get("links") or [])]
+def _links(config: dict, target: str) -> list:
+    """The ids in ``links``, each required to be a flow node of type ``target``."""
+    return [(("links", i), x, f"node:{target}") for i, x in enumerate(config.get("links") or [])]
 
 
 class LinkIn(Node):
     type = "link-in"
     summary = "Entry point of a virtual wire (from link out / link call)"
     schema = {"links": Field("nodes", "link-out nodes that send here (either side may list the other)", default=list)}
-    references = classmethod(lambda cls, config: _links(config))
+    references = classmethod(lambda cls, config: _links(config, "link-out"))
 
     def setup(self) -> None:
         for out_id in self.config["links"]:
@@ -41,7 +42,7 @@ class LinkOut(Node):
         "links": Field("nodes", "link-in nodes to send to", default=list),
     }
     outputs = 0
-    references = classmethod(lambda cls, config: _links(config))
+    references = classmethod(lambda cls, config: _links(config, "link-in"))
 
     @classmethod
     def output_names(cls, config: dict) -> list[str]:
@@ -89,7 +90,7 @@ class LinkCall(Node):
         "timeout": Field("duration", "error 'timeout' when nothing returns within this time", default=30),
     }
     auto_done = False
-    references = classmethod(lambda cls, config: _links(config))
+    references = classmethod(lambda cls, config: _links(config, "link-in"))
 
     @classmethod
     def check(cls, config: dict) -> list:
