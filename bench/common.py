@@ -57,6 +57,14 @@ def context_switches(pid: int | str) -> int:
     return total
 
 
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of the whole process (all threads) so far, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_count(pid: int | str) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
