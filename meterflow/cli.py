@@ -68,13 +68,13 @@ def cmd_nodes(args) -> int:
 
             print(f"meterflow: unknown node type {args.type!r}{did_you_mean(args.type, reg.types)}", file=sys.stderr)
             return 1
-        print(describe(cls, reg.origin[cls.type]))
+        print(describe(cls, reg.plugin_label(cls.type)))
         return 0
     width = max(len(t) for t in reg.types)
     for name in sorted(reg.types):
         cls = reg.types[name]
         kind = " (config)" if cls.is_config else ""
-        print(f"{name:<{width}}  {cls.summary}{kind}  [{reg.origin[name]}]")
+        print(f"{name:<{width}}  {cls.summary}{kind}  [{reg.plugin_label(name)}]")
     return 0
 
 

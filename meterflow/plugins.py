@@ -17,6 +17,8 @@ from . import hookspecs
 hookimpl = pluggy.HookimplMarker("meterflow")
 log = logging.getLogger("meterflow.plugins")
 
+_entry_points: dict = {}  # plugin name -> its entry point
+
 #: Built-in plugin modules, registered exactly as a third-party pack would be.
 DEFAULT_PLUGINS = ("meterflow.nodes", "meterflow.credentials")
 
@@ -39,6 +41,14 @@ class Registry:
         for mapping in pm.hook.meterflow_substitutions():
             self.substitutions.update(mapping or {})
 
+    def plugin_label(self, type_name: str) -> str:
+        """Where a node type comes from, with the distribution's name for installed packs."""
+        name = self.origin[type_name]
+        ep = _entry_points.get(name)
+        if ep is not None and ep.dist is not None:
+            return f"{ep.dist.name} ({ep.value})"
+        return name
+
 
 def make_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
     import importlib
@@ -55,9 +65,12 @@ def make_manager(load_entry_points: bool = True) -> pluggy.PluginManager:
         for ep in entry_points(group="meterflow"):
             if wanted is not None and ep.name not in wanted:
                 continue
-            label = f"{ep.dist.name if ep.dist else ep.name} ({ep.value})"
+            # Named by the entry point; the distribution's name is looked up only when shown,
+            # because reading package metadata costs milliseconds at every start.
+            label = f"{ep.name} ({ep.value})"
             try:
                 pm.register(ep.load(), name=label)
+                _entry_points[label] = ep
             except Exception as e:  # a broken third-party pack must not take the engine down
                 log.error("plugin %s failed to load: %s: %s", label, type(e).__name__, e)
     return pm
