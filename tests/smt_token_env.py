@@ -94,10 +94,14 @@ class SmtTokenRig:
         await self.h.settle()
         await self.h.stop()
 
-    async def restart(self, after: float) -> Harness:
-        """Crash, then start again ``after`` seconds later with the same state directory."""
+    async def restart(self, after: float, crash: bool = True) -> Harness:
+        """Crash (or stop cleanly), then start again ``after`` seconds later with the same
+        state directory."""
         at = self.h.clock.time() + after
-        await self.crash()
+        if crash:
+            await self.crash()
+        else:
+            await self.h.stop()
         return await self.start(at)
 
     async def finish(self) -> None:

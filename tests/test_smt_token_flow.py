@@ -13,7 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from services import until
 from smt_token_env import FLOW, T0, SmtTokenRig
+
+from meterflow.credentials import CredentialStore
 
 pytest.importorskip("paho.mqtt.client")
 
@@ -132,6 +135,31 @@ async def test_token_expired_between_cycles_reauthenticates_before_the_odr(rig_f
     assert rig.published("reading") == [FIRST_READ, SECOND_READ]
 
 
+async def test_token_renewed_mid_poll_before_it_expires(rig_factory):
+    # A short-lived token (2 minutes; renewed half-way) while SMT answers PEN for a long time:
+    # the poll loop gets a new token before the old one dies and never sends an expired one.
+    rig = await rig_factory(sandbox={"token_ttl": 120, "pending_polls": 40})
+    await rig.h.advance(CYCLE + 150)
+    assert times(rig, "token") == [0, 60, 120]
+    assert all(r.status == 200 for r in rig.requests())  # no 401
+    assert len(rig.requests("odr")) == 1
+    await rig.h.advance(90)  # the reading comes with the 41st poll, at 210 s
+    await rig.finish()
+    assert rig.published("reading") == [FIRST_READ]
+
+
+async def test_wrong_password_is_bounded_and_alerted(rig_factory):
+    rig = await rig_factory(start=False)
+    CredentialStore().set("smt", "password", "not-the-password")
+    await rig.start()
+    await rig.h.advance(CYCLE + 3600 - 60)
+    assert [r.status for r in rig.requests()] == [401] * 4  # the token only: no ODR without one
+    assert gaps(times(rig, "token")) == [60, 120, 240]
+    await rig.finish()
+    [alert] = alerts(rig)
+    assert "401" in alert["error"]
+
+
 async def test_401_mid_poll_reauthenticates_once_and_publishes_once(rig_factory):
     rig = await rig_factory(sandbox={"token_ttl": 300, "pending_polls": 4})
     await rig.h.advance(CYCLE + 12)  # token, ODR, first poll (PEN)
@@ -205,6 +233,18 @@ async def test_odrstatus_http_500_and_garbled_json_recover(rig_factory):
     assert rig.h.errors == []  # all caught
 
 
+async def test_a_read_pending_for_ever_is_bounded(rig_factory):
+    rig = await rig_factory(sandbox={"pending_polls": 10_000, "rate_limit_per_hour": 10}, env={"SMT_MAX_POLLS": "8"})
+    await rig.h.advance(CYCLE + 3600 + 12)
+    assert times(rig, "odrstatus") == [10, 15, 20, 25, 30, 35, 40, 45, 3610]  # 8 polls, then the next hour
+    assert times(rig, "odr") == [0, 3600]
+    assert rig.h.flow_context.get("readrequested") == 1  # the second read is pending
+    await rig.finish()
+    [alert] = alerts(rig)
+    assert "too many status polls" in alert["error"] and alert["correlationId"] == "100001"
+    assert rig.published("reading") == []
+
+
 async def test_odr_endpoint_down_retries_with_backoff_and_stops(rig_factory):
     rig = await rig_factory()
     rig.sb.fail_next("http500", path="odr", count=1000)
@@ -233,6 +273,42 @@ async def test_restart_mid_poll_resumes_without_a_second_odr(rig_factory):
     await rig.finish()
     assert rig.published("reading") == [FIRST_READ]
     assert rig.published("correlationid") == [b"100001"]
+
+
+async def test_clean_stop_mid_poll_and_mid_backoff_sends_no_burst(rig_factory):
+    # At shutdown delay nodes release what they hold at once; the flow drops a poll or a retry
+    # that did not wait its time, instead of sending it (and what loops behind it) to SMT.
+    rig = await rig_factory(sandbox={"pending_polls": 3})
+    await rig.h.advance(CYCLE + 12)  # holding the second poll (due at 15 s)
+    await rig.restart(after=60, crash=False)
+    assert rig.sequence() == ["token 200", "odr 200", "odrstatus 200"]  # nothing sent while stopping
+    await rig.h.advance(60)
+    assert times(rig, "odrstatus") == [10, 74, 79, 84]
+    await rig.finish()
+    assert rig.published("reading") == [FIRST_READ]
+
+    rig = await rig_factory()
+    rig.sb.fail_next("http500", path="odr", count=10)
+    await rig.h.advance(CYCLE + 30)  # the first ODR failed; the retry is due at 60 s
+    await rig.h.stop()
+    assert len(rig.requests("odr")) == 1
+
+
+# ------------------------------------------------------------------------------------------ Home Assistant
+async def test_home_assistant_gets_the_read_date_when_enabled(rig_factory, http_recorder):
+    http_recorder.default = (200, {"Content-Type": "application/json"}, b"[]")
+    rig = await rig_factory(sandbox={"pending_polls": 0}, env={"HA_DISABLED": "false", "HA_URL": http_recorder.url},
+                            start=False)
+    CredentialStore().set("ha", "token", "ha-long-lived-token")
+    await rig.start()
+    await rig.h.advance(CYCLE + 20)
+    await until(lambda: http_recorder.requests, what="the Home Assistant call")
+    [call] = http_recorder.requests
+    assert (call.method, call.path) == ("POST", "/api/services/input_datetime/set_datetime")
+    assert call.headers["Authorization"] == "Bearer ha-long-lived-token"
+    assert json.loads(call.body) == {"entity_id": "input_datetime.energy_last_read", "datetime": "2025-10-06 10:55:10"}
+    await rig.finish()
+    assert rig.published("reading") == [FIRST_READ]
 
 
 # ------------------------------------------------------------------------------------------ certificate
