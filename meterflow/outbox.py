@@ -8,7 +8,8 @@ in order, one batch at a time, by the node's *sink*::
     async def sink(batch: list[Item]) -> None: ...
 
 The sink delivers the items (calling :meth:`Outbox.mark_done` for each one it has
-delivered when it delivers only part of a batch) or raises:
+delivered when it delivers only part of a batch; items it marks ``handed`` are done only
+when it calls ``mark_done`` for them, see :class:`Item`) or raises:
 
 * :class:`Retry` — transient (connection refused, timeout, HTTP 429/5xx, SMTP 4xx): the
   batch is tried again after a capped exponential backoff with jitter, timed by the
@@ -83,9 +84,11 @@ class Item:
     data: Any  # JSON-serialisable: what the spool keeps
     msg: dict | None = None  # the message it came from (memory only; None after a replay)
     attempts: int = 0
-    #: Set by a sink once the far side holds the item even if not acknowledged yet
-    #: (paho keeps unacknowledged QoS 1 messages and sends them after a reconnect):
-    #: such an item is never chosen as the "oldest" to drop.
+    #: Set by a sink that hands the item over and learns of its delivery later (MQTT:
+    #: paho holds it until the PUBACK, and resends it after a reconnect).  A handed item
+    #: stays queued (and spooled) until the sink calls :meth:`Outbox.mark_done`; it is
+    #: not offered to the sink again nor chosen as the "oldest" to drop.  This lets a
+    #: sink pipeline: return once the batch is handed and take the next one.
     handed: bool = False
     state: dict = field(default_factory=dict)  # sink scratch space (not spooled)
     done: bool = False
@@ -330,6 +333,18 @@ class Outbox:
             self._cancel_backoff()
             self._pump()
 
+    def release(self, item: Item) -> None:
+        """A handed item came back undelivered (e.g. a QoS 0 message lost with the connection):
+        offer it to the sink again."""
+        if item.handed and not item.done:
+            item.handed = False
+            self._pump()
+
+    def fail(self, item: Item, error: FlowError) -> None:
+        """A handed item was refused for good: drop it, count it, report it."""
+        item.handed = False
+        self._reject([item], error)
+
     def mark_done(self, item: Item) -> None:
         """``item`` reached the far side (a sink may call this before it returns)."""
         if item.done:
@@ -364,9 +379,13 @@ class Outbox:
             self._batch_timer = None
         batch = []
         for item in self.items.values():
+            if item.handed:
+                continue  # with the far side already; mark_done will come
             batch.append(item)
             if len(batch) >= self._batch_cap:
                 break
+        if not batch:
+            return
         self._batch = batch
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._attempt(batch))
@@ -408,7 +427,8 @@ class Outbox:
             self._reject([i for i in batch if not i.done], err)
         else:
             for item in batch:
-                self.mark_done(item)
+                if not item.handed:
+                    self.mark_done(item)
             if self._failures:
                 self.log.info("%s: delivering again after %d failed attempt(s)", self.name, self._failures)
                 self._state("green", f"delivered ({len(self.items)} queued)" if self.items else "delivered")

@@ -52,6 +52,7 @@ import json
 import logging
 import math
 import secrets
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -138,6 +139,7 @@ class MqttBroker(Node):
         self._last_error: str | None = None
         self._ever_connected = False
         self._stopping = False
+        self.generation = 0  # counts successful connections
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -233,6 +235,7 @@ class MqttBroker(Node):
             self._failed(f"broker refused the connection: {reason}")
             return
         self.connected = True
+        self.generation += 1
         self._last_error = None
         self.log.info("[%s] connected to %s%s", self.id, self._where(), " again" if self._ever_connected else "")
         self._ever_connected = True
@@ -277,7 +280,7 @@ class MqttBroker(Node):
         if fut.done():
             return
         if failed:
-            fut.set_exception(FlowError(f"broker rejected the message: {reason}", kind="connect"))
+            fut.set_exception(FlowError(f"broker refused the message: {reason}", kind="mqtt"))
         else:
             fut.set_result(None)
 
@@ -328,6 +331,8 @@ class MqttPublisher:
     def __init__(self, node: Node, broker: MqttBroker, batch: int = 100):
         self.node = node
         self.broker = broker
+        self.window = max(batch, int(broker.config.get("max_inflight") or 100)) * 2
+        self._inflight: deque[tuple[asyncio.Future, int]] = deque()  # (PUBACK future, connection generation)
         self.outbox: Outbox = for_node(node, self._sink, batch_size=batch,
                                        on_delivered=self._delivered, on_dropped=self._dropped)
         broker.add_listener(lambda up: self.outbox.kick() if up else None)
@@ -343,49 +348,50 @@ class MqttPublisher:
         return item
 
     async def _sink(self, batch: list[Item]) -> None:
+        """Hand the batch to paho and return without waiting for the PUBACKs (each item is
+        done when its own ``on_publish`` arrives), so batches pipeline; wait only while more
+        than ``window`` messages are unacknowledged, or raise Retry when the connection drops."""
         broker = self.broker
         if not broker.connected:
             # Still connecting after start is expected: the reconnect kicks the outbox.
             starting = not broker._ever_connected and broker._last_error is None
             raise Retry(ConnectError(f"not connected to MQTT broker {broker._where()}"), quiet=starting)
+        inflight = self._inflight
         lost = broker.connection_lost()
-        futs = []
+        # After a reconnect paho resends what was unacknowledged from its own thread; a new
+        # publish from here could overtake those, so let them be acknowledged first.
+        while any(gen != broker.generation and not f.done() for f, gen in inflight):
+            older = next(f for f, gen in inflight if gen != broker.generation and not f.done())
+            await self._wait(older, lost)
         for item in batch:
-            if item.done:
-                continue
-            fut = item.state.get("fut")
-            if fut is None or fut.cancelled():
-                d = item.data
-                payload = base64.b64decode(d["payload_b64"]) if "payload_b64" in d else d.get("payload", "")
-                fut = broker.publish(d["topic"], payload, int(d.get("qos", 0)), bool(d.get("retain")))
-                item.state["fut"] = fut
-                item.handed = int(d.get("qos", 0)) > 0
-                fut.add_done_callback(lambda f, it=item: self._settled(it, f))
-            futs.append(fut)
-        if not futs:
-            return
-        waiting = asyncio.ensure_future(asyncio.wait(futs))
-        await asyncio.wait({waiting, lost}, return_when=asyncio.FIRST_COMPLETED)
-        if not waiting.done():
-            waiting.cancel()
-            # paho resends unacknowledged QoS 1/2 messages after the reconnect; their
-            # futures still complete then.  Anything else is published again.
-            raise Retry(ConnectError(f"connection to MQTT broker {broker._where()} lost"))
-        for f in futs:
-            if f.cancelled():
-                raise Retry(ConnectError("connection lost before the message was sent"))
-            if f.exception() is not None:
-                raise Retry(f.exception())
+            d = item.data
+            payload = base64.b64decode(d["payload_b64"]) if "payload_b64" in d else d.get("payload", "")
+            fut = broker.publish(d["topic"], payload, int(d.get("qos", 0)), bool(d.get("retain")))
+            item.handed = True
+            inflight.append((fut, broker.generation))
+            fut.add_done_callback(lambda f, it=item: self._settled(it, f))
+        while inflight and inflight[0][0].done():
+            inflight.popleft()
+        if len(inflight) > self.window:  # flow control, with hysteresis
+            while len(inflight) > self.window // 2:
+                await self._wait(inflight[0][0], lost)
+                while inflight and inflight[0][0].done():
+                    inflight.popleft()
+
+    async def _wait(self, fut: asyncio.Future, lost: asyncio.Future) -> None:
+        await asyncio.wait({fut, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if lost.done():
+            # paho resends unacknowledged QoS 1/2 messages after the reconnect; they stay
+            # handed and complete then.  QoS 0 ones come back to the outbox (release).
+            raise Retry(ConnectError(f"connection to MQTT broker {self.broker._where()} lost"))
 
     def _settled(self, item: Item, fut: asyncio.Future) -> None:
         if fut.cancelled():
-            item.state.pop("fut", None)
-            item.handed = False
-        elif fut.exception() is None:
-            self.outbox.mark_done(item)
+            self.outbox.release(item)  # lost with the connection before it was sent: publish again
+        elif fut.exception() is not None:
+            self.outbox.fail(item, fut.exception())  # the broker refused it (an MQTT 5 reason code)
         else:
-            item.state.pop("fut", None)
-            item.handed = False
+            self.outbox.mark_done(item)
 
     def _delivered(self, item: Item) -> None:
         if item.msg is not None:
