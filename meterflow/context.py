@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import redact
 from .message import MISSING, get, set_path
 
 log = logging.getLogger("meterflow.context")
@@ -34,6 +35,8 @@ class Context:
         return get(self.data, key, default)
 
     def set(self, key: str, value: Any) -> None:
+        if isinstance(value, str) and redact.is_secret_name(key):
+            redact.add(value)  # e.g. flow.set("token", ...): masked in every log and trace
         set_path(self.data, key, MISSING if value is None else value)
         if self._changed is not None:
             self._changed()

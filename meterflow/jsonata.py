@@ -2,7 +2,7 @@
 
 As in Node-RED, an expression that mentions ``msg`` is evaluated against ``{msg: msg}``,
 otherwise against the message itself; ``$flowContext``, ``$globalContext`` and ``$env``
-are bound.  Expressions are compiled once and cached.
+are bound, and ``$millis()`` / ``$now()`` read the engine clock (virtual in tests).  Expressions are compiled once and cached.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def compile_expr(expr: str):
         raise ParseError(f"Invalid JSONata expression: {e}") from None
 
 
+def _iso(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def check(expr: str) -> str | None:
     """A message for an expression that does not compile, else None."""
     try:
@@ -44,6 +50,9 @@ def evaluate(expr: str, msg: dict, node=None) -> Any:
     if node is not None:
         compiled.register_lambda("flowContext", lambda key, store=None: node.flow_context.get(key))
         compiled.register_lambda("globalContext", lambda key, store=None: node.global_context.get(key))
+        # $millis() and $now() follow the engine clock, so flows behave the same on virtual time.
+        compiled.register_lambda("millis", lambda: int(node.clock.time() * 1000))
+        compiled.register_lambda("now", lambda *_: _iso(node.clock.time()))
     compiled.register_lambda("env", lambda name: os.environ.get(name, ""))
     try:
         result = compiled.evaluate(data)

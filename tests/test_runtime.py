@@ -423,3 +423,34 @@ async def test_stop_flushes_holding_nodes_in_a_chain():
     await h.settle()
     assert await h.stop() is True
     assert h.payloads("o") == ["reading"]  # released by both delays, never lost
+
+
+async def test_delay_on_shutdown_drop_discards_and_counts(caplog):
+    h = harness("""
+  - {id: wait, type: delay, delay: 3m, on_shutdown: drop, wires: [o]}
+  - {id: o, type: junction}
+""")
+    await h.start()
+    h.inject("wait", {"payload": "poll again"})
+    await h.settle()
+    await h.stop()
+    assert h.messages("o") == []
+    assert "dropped 1 held message(s)" in caplog.text
+
+
+async def test_secret_named_context_values_are_redacted_and_jsonata_uses_engine_clock():
+    from meterflow import redact
+
+    async with harness("""
+  - id: s
+    type: change
+    rules:
+      - {set: flow.accessToken, to: eyJ-very-secret-token}
+      - {set: payload, to: '$millis()', to_type: jsonata}
+    wires: [o]
+  - {id: o, type: junction}
+""", start_time=1_800_000_000) as h:
+        await h.advance(1)
+        await h.send("s", {"payload": 0})
+        assert h.payloads("o") == [1_800_000_001_000]
+        assert redact.redact("Bearer eyJ-very-secret-token") == "Bearer ***"

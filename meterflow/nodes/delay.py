@@ -107,6 +107,10 @@ class Delay(Node):
                            "(queue releases one topic per interval, timed all of them)", default=False),
         "drop_output": Field("bool", "send dropped or replaced messages to a second output", default=False),
         "rate_from_msg": Field("bool", "a numeric msg.rate (ms between messages) changes the rate", default=False),
+        "on_shutdown": Field("str", "release: pass held messages on at shutdown (nothing lost); drop: discard them,"
+                                    " counted and logged — for the waits of poll/retry loops whose state is"
+                                    " persisted, so a shutdown does not fire a burst of requests",
+                             choices=("release", "drop"), default="release"),
     }
 
     @classmethod
@@ -164,10 +168,10 @@ class Delay(Node):
             # Shutting down: pass messages straight on so nothing is lost, but only a few,
             # so a retry loop through this delay cannot spin while the engine drains.
             self._drain_passes += 1
-            if self._drain_passes <= DRAIN_PASSES:
+            if self._drain_passes <= DRAIN_PASSES and self.config["on_shutdown"] == "release":
                 self._emit(msg)
             else:
-                self.warn("shutting down: dropped a message looping through this delay")
+                self.warn("shutting down: dropped a message arriving at this delay")
             return None
         control_only = msg.keys() <= CONTROL
         has_reset, has_flush = "reset" in msg, "flush" in msg
@@ -354,6 +358,11 @@ class Delay(Node):
         held.extend(self._slots.values())
         self._slots.clear()
         if not held:
+            return
+        if self.config["on_shutdown"] == "drop":
+            self.log.warning("[%s] shutdown: dropped %d held message(s) (on_shutdown: drop)", self.id, len(held))
+            for m in held:
+                self.done(m)
             return
         self.log.warning("[%s] shutdown: releasing %d held message(s) now instead of discarding them",
                          self.id, len(held))
