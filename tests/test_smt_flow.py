@@ -126,6 +126,30 @@ async def test_status_1_waits_3_minutes_and_requests_again(smt, sub_of):
     assert on(sub, "smt/reading") == [READ2] and on(sub, "smt/alert") == []
 
 
+
+async def test_unexpected_status_polls_again_after_30_seconds(smt, sub_of):
+    env = smt()
+    env.sandbox.fail_next("smt_error", path="odrstatus")  # 200 {"errorCode": "1", ...}: no statusCode
+    sub = sub_of(env)
+    async with env.harness() as h:
+        await h.advance(60 + 60)
+        assert await env.wait_for(sub, "smt/reading") == [READ1]
+    assert codes(h) == [None, "PEN", "PEN", "0"]
+    assert [r.at - T55 for r in env.requests("odrstatus")] == [10, 40, 45, 50]
+    assert len(env.requests("odr")) == 1
+
+
+async def test_pending_forever_gives_up_after_the_poll_limit(smt, sub_of):
+    env = smt(pending_polls=10_000)
+    sub = sub_of(env)
+    async with env.harness(SMT_MAX_POLLS="4") as h:
+        await h.advance(60 + 10 * 60)
+        [alert] = [json.loads(p) for p in await env.wait_for(sub, "smt/alert")]
+        assert "too many status polls" in alert["error"] and alert["correlationId"] == "100001"
+        assert len(env.requests("odrstatus")) == 4 and h.flow_context.get("readrequested") == 0
+        await h.advance(3600)  # not stuck: the next schedule requests a new read
+    assert len(env.requests("odr")) == 2 and on(sub, "smt/reading") == []
+
 @pytest.mark.parametrize("fault", ["http500", "garbled"])
 async def test_status_error_never_stalls_retries_are_bounded(smt, sub_of, fault):
     env = smt()
@@ -306,3 +330,46 @@ async def test_untrusted_smt_server_is_not_a_client_certificate_problem(smt, sub
     assert "not trusted" in alert["error"]
     assert env.requests() == [] and h.messages("odr-previous") == [] and h.messages("email") == []
     assert h.flow_context.get("cert_fallback") is None
+
+
+async def test_renewed_certificate_emailed_once_by_daily_check_or_fallback(smt, sub_of):
+    env = smt(support="renewal@smt.test")
+    original = env.current_fp
+    sub = sub_of(env)
+
+    def renew(name: str) -> bytes:
+        """A Let's Encrypt renewal: a new pair at the same paths, not installed at SMT yet."""
+        cert, key = env.sandbox.issue_client_cert(name, register=False)
+        for src, dst in ((cert, env.current_cert), (key, env.current_key)):
+            with open(src, "rb") as f, open(dst, "wb") as out:
+                out.write(f.read())
+        return open(cert, "rb").read()
+
+    async def at(seconds_after_first_read: float) -> None:
+        await h.advance(T55 + seconds_after_first_read - h.clock.time())
+
+    async with env.harness(SMT_CERT_CRON="0 0 * * * *") as h:  # the "daily" check every hour at :00
+        await at(6 * 60)  # read at :55, first check at :00 only records the certificate in use
+        assert len(h.messages("cert-check")) == 1 and h.messages("cert-email") == []
+
+        await at(3600 + 60)  # renewed between a read and the next check: the check emails it
+        first = renew("renewed1")
+        await at(3600 + 6 * 60)
+        await env_wait(lambda: len(env.emails()) == 1, "the renewal email")
+        await at(2 * 3600 + 60)  # SMT rejects it at :55: fallback, but it was emailed already
+        assert [m["error"]["reason"] for m in h.messages("odr-why")] == ["SSLV3_ALERT_BAD_CERTIFICATE"]
+        assert h.messages("cert-email")[-1]["filename"] == env.current_cert and len(h.messages("cert-email")) == 1
+
+        await at(2 * 3600 + 6 * 60)  # renewed between a check and the next read: the fallback emails it
+        second = renew("renewed2")
+        await at(3 * 3600 + 60)
+        await env_wait(lambda: len(env.emails()) == 2, "the fallback email")
+        await at(3 * 3600 + 6 * 60)  # and the next check does not send it again
+        assert len(h.messages("cert-check")) == 4 and len(h.messages("cert-email")) == 2
+    await quiet()
+    mails = env.emails()
+    assert len(mails) == 2
+    assert [next(m.iter_attachments()).get_payload(decode=True) for m in mails] == [first, second]
+    # every hourly read still worked: with the original certificate, then with the previous one
+    assert [r.client_cert for r in env.requests("odr")] == [original] * 2 + [env.previous_fp] * 2
+    assert {r.status for r in env.requests()} == {200} and len(on(sub, "smt/reading")) == 4
