@@ -231,6 +231,7 @@ class Outbox:
         self._timer: Timer | asyncio.TimerHandle | None = None  # backoff
         self._batch_timer: Timer | None = None
         self._failures = 0
+        self._warned = False  # a warning was logged for the current streak of failures
         self._flush = False
         self._draining = False
         self._closed = False
@@ -429,10 +430,11 @@ class Outbox:
             for item in batch:
                 if not item.handed:
                     self.mark_done(item)
-            if self._failures:
+            if self._failures and self._warned:
                 self.log.info("%s: delivering again after %d failed attempt(s)", self.name, self._failures)
                 self._state("green", f"delivered ({len(self.items)} queued)" if self.items else "delivered")
             self._failures = 0
+            self._warned = False
             if len(batch) >= self._batch_cap:
                 self._batch_cap = min(self.batch_size, self._batch_cap * 2)
         finally:
@@ -449,7 +451,8 @@ class Outbox:
         if e.retry_after is not None:
             delay = max(delay, min(float(e.retry_after), MAX_RETRY_AFTER))
         text = redact.redact(e.error)
-        if self._failures == 1 and not e.quiet:
+        if not self._warned and not e.quiet:
+            self._warned = True
             self.log.warning("%s: %s; %d message(s) queued, retrying in %.1fs", self.name, text, len(self.items), delay)
         else:
             self.log.debug("%s: attempt %d failed: %s; retrying in %.1fs", self.name, self._failures, text, delay)

@@ -3,7 +3,9 @@
 Loaded as a pytest plugin (``pytest_plugins = ["tests.services"]`` in ``tests/conftest.py``).
 
 * ``mosquitto`` — Debian's ``/usr/sbin/mosquitto`` with a temporary config;
-  ``mosquitto_factory()`` starts extra brokers (one a test may stop and restart).
+  ``mosquitto_factory(persistent=, users=, tls=)`` starts extra brokers (persistent
+  sessions, password logins, a TLS listener), which a test may stop and restart.
+* ``certs`` — a trustme CA and a server certificate for localhost / 127.0.0.1.
 * ``influxd`` — Debian's ``influxd`` 1.x (its ``/write`` and ``/query`` are real) with
   meta/data/wal in a temporary directory, HTTP and RPC bound to 127.0.0.1, reporting off.
 * ``smtp`` — aiosmtpd with trustme certificates, listening twice: implicit TLS and
@@ -109,14 +111,26 @@ class _Process:
 class Mosquitto(_Process):
     """``persistent``: sessions and queued messages survive a restart (saved at SIGTERM)."""
 
-    def __init__(self, binary: str, directory: Path, persistent: bool = False):
+    def __init__(self, binary: str, directory: Path, persistent: bool = False, users: dict | None = None,
+                 tls: Certs | None = None):
         directory.mkdir(parents=True, exist_ok=True)
         self.host, port = "127.0.0.1", free_port()
         conf = directory / "mosquitto.conf"
         # "user": run as whoever runs the tests (as root, mosquitto would switch to the
         # 'mosquitto' user, which cannot write the persistence file in our temp directory).
-        text = (f"listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nuser {getpass.getuser()}\n"
+        text = (f"per_listener_settings false\nlistener {port} 127.0.0.1\nlog_dest stderr\nuser {getpass.getuser()}\n"
                 "log_type error\nlog_type warning\nmax_queued_messages 0\n")
+        if tls is not None:
+            text += f"certfile {tls.cert_path}\nkeyfile {tls.key_path}\n"
+        if users:
+            pw = directory / "passwords"
+            pw.write_text("")
+            tool = _binary("/usr/bin/mosquitto_passwd", "mosquitto_passwd")
+            for user, password in users.items():
+                subprocess.run([tool, "-b", str(pw), user, password], check=True, capture_output=True)
+            text += f"allow_anonymous false\npassword_file {pw}\n"
+        else:
+            text += "allow_anonymous true\n"
         if persistent:
             text += f"persistence true\npersistence_location {directory}/\nautosave_interval 0\n"
         else:
@@ -132,8 +146,8 @@ def mosquitto_factory(tmp_path_factory):
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     started: list[Mosquitto] = []
 
-    def make(persistent: bool = False) -> Mosquitto:
-        m = Mosquitto(binary, tmp_path_factory.mktemp("mosquitto"), persistent)
+    def make(persistent: bool = False, users: dict | None = None, tls: Certs | None = None) -> Mosquitto:
+        m = Mosquitto(binary, tmp_path_factory.mktemp("mosquitto"), persistent, users, tls)
         m.start()
         started.append(m)
         return m
@@ -266,6 +280,31 @@ def influxd(tmp_path_factory) -> Influxd:
     server.stop()
 
 
+# ---- certificates (trustme) -----------------------------------------------------------------------
+@dataclass
+class Certs:
+    ca_path: Path  # the test CA, for a tls-profile's ``ca``
+    cert_path: Path  # server certificate for localhost / 127.0.0.1
+    key_path: Path
+    server_context: object  # ssl.SSLContext for servers
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> Certs:
+    trustme = pytest.importorskip("trustme", reason="pip install trustme")
+    import ssl
+
+    d = tmp_path_factory.mktemp("certs")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    c = Certs(d / "ca.pem", d / "server.pem", d / "server.key", ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
+    ca.cert_pem.write_to_path(str(c.ca_path))
+    cert.cert_chain_pems[0].write_to_path(str(c.cert_path))
+    cert.private_key_pem.write_to_path(str(c.key_path))
+    cert.configure_cert(c.server_context)
+    return c
+
+
 # ---- SMTP (aiosmtpd + trustme) -------------------------------------------------------------------
 @dataclass
 class Smtp:
@@ -288,23 +327,12 @@ class Smtp:
 
 
 @pytest.fixture(scope="session")
-def smtp(tmp_path_factory):
+def smtp(certs):
     controller_mod = pytest.importorskip("aiosmtpd.controller", reason="pip install aiosmtpd")
-    trustme = pytest.importorskip("trustme", reason="pip install trustme")
-    import ssl
-
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
-    d = tmp_path_factory.mktemp("smtp")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    ca_path, cert_path = d / "ca.pem", d / "server.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-
-    state = Smtp(free_port(), free_port(), ca_path, cert_path)
+    server_ctx = certs.server_context
+    state = Smtp(free_port(), free_port(), certs.ca_path, certs.cert_path)
 
     class Handler:
         async def handle_DATA(self, server, session, envelope):

@@ -4,6 +4,7 @@ topic/qos/retain precedence and payload encoding, mqtt-in, a broker outage in th
 
 import asyncio
 import json
+import logging
 import os
 import time
 
@@ -161,3 +162,70 @@ async def test_spooled_messages_are_published_by_the_next_engine(mosquitto, tmp_
         assert sub.got == [("meter/spooled", b"reading 2", True)]  # the last retained one
     finally:
         sub.close()
+
+
+def secured_flow(port: int, ca_path, password: str) -> str:
+    return f"""meterflow: 1
+config:
+  - id: ca
+    type: tls-profile
+    ca: {ca_path}
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: {port}
+    tls: ca
+    username: meter
+    password: "{password}"
+    reconnect_min: 1s
+    reconnect_max: 1s
+nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/secure
+    qos: 1
+    drain: 0.1s
+"""
+
+
+async def test_tls_profile_and_login(mosquitto_factory, certs):
+    broker = mosquitto_factory(users={"meter": "mqtt-pass-123"}, tls=certs)
+    async with Harness(text=secured_flow(broker.port, certs.ca_path, "${MQTT_PASSWORD}"),
+                       env={"MQTT_PASSWORD": "mqtt-pass-123"}) as h:
+        await h.send("out", {"payload": 42})
+        await until(lambda: h.node("out").outbox.delivered == 1, what="PUBACK over TLS")
+
+
+async def test_refused_login_is_one_clear_error_and_nothing_is_lost(mosquitto_factory, certs, caplog):
+    broker = mosquitto_factory(users={"meter": "mqtt-pass-123"}, tls=certs)
+    with caplog.at_level(logging.INFO, logger="meterflow"):
+        async with Harness(text=secured_flow(broker.port, certs.ca_path, "wrong-pass-456")) as h:
+            for i in range(2):
+                await h.send("out", {"payload": i})
+            await asyncio.sleep(2.5)  # a few reconnect attempts, one second apart
+            assert h.node("out").outbox.stats()["queued"] == 2
+            assert h.node("broker").failed_attempts >= 2  # it keeps trying, quietly
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and "broker" in r.name]
+    assert len(errors) == 1 and "refused" in errors[0], errors
+    assert "wrong-pass-456" not in caplog.text
+
+
+async def test_mqtt5_with_birth_and_will(mosquitto):
+    sub = Subscriber(mosquitto.port, "meter/v5/#")
+    text = "meterflow: 1\n" + broker_yaml(mosquitto.port, protocol='"5"', birth="{topic: meter/v5/status, payload: online}",
+                                          will="{topic: meter/v5/status, payload: offline}") + """nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/v5/reading
+    qos: 2
+"""
+    try:
+        async with Harness(text=text) as h:
+            await h.send("out", {"payload": {"kwh": 7}})
+            await until(lambda: h.node("out").outbox.delivered == 1, what="PUBCOMP")
+            await until(lambda: len(sub.got) == 2)
+    finally:
+        sub.close()
+    assert [(t, p) for t, p, _ in sub.got] == [("meter/v5/status", b"online"), ("meter/v5/reading", b'{"kwh":7}')]

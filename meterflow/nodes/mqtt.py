@@ -140,6 +140,7 @@ class MqttBroker(Node):
         self._ever_connected = False
         self._stopping = False
         self.generation = 0  # counts successful connections
+        self.failed_attempts = 0
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,6 +252,7 @@ class MqttBroker(Node):
 
     def _failed(self, text: str) -> None:
         # One line per change of state, not one per reconnect attempt: no log flood.
+        self.failed_attempts += 1
         if text != self._last_error:
             self.log.error("[%s] %s: %s; retrying with backoff", self.id, self._where(), redact.redact(text))
             self._last_error = text
