@@ -373,3 +373,15 @@ async def test_renewed_certificate_emailed_once_by_daily_check_or_fallback(smt, 
     # every hourly read still worked: with the original certificate, then with the previous one
     assert [r.client_cert for r in env.requests("odr")] == [original] * 2 + [env.previous_fp] * 2
     assert {r.status for r in env.requests()} == {200} and len(on(sub, "smt/reading")) == 4
+
+
+def test_docs_name_every_branch_test():
+    """docs/smt.md maps each branch to its test: keep the two in step."""
+    import re
+    import sys
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "smt.md").read_text()
+    named = set(re.findall(r"`(test_\w+)", doc))
+    here = {n for n in dir(sys.modules[__name__]) if n.startswith("test_") and n != "test_docs_name_every_branch_test"}
+    assert named == here
