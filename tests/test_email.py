@@ -156,3 +156,31 @@ async def test_bad_attachment_goes_to_catch_before_queueing(smtp_clean, tmp_path
         err = h.messages("caught")[0]["error"]
         assert err["kind"] == "io" and "none.pem" in err["message"]
         assert h.node("mail").outbox.stats()["queued"] == 0
+
+
+async def test_login_from_the_credential_store_is_never_printed(smtp_clean, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from cryptography.fernet import Fernet
+
+    from meterflow.credentials import CredentialStore
+
+    key = Fernet.generate_key().decode()
+    store = tmp_path / "credentials.json"
+    monkeypatch.setenv("METERFLOW_CREDENTIALS", str(store))
+    monkeypatch.setenv("METERFLOW_KEY", key)
+    CredentialStore(store, key=key).set("smtp", "password", SMTP_PASSWORD)
+    smtp = smtp_clean
+    smtp.replies.append("451 4.3.0 try later")  # a retry, logged, on the way
+    text = flow(smtp.starttls_port, "starttls", smtp.ca_path, password="${creds:smtp.password}")
+    with caplog.at_level(logging.DEBUG):
+        h = Harness(text=text)
+        h.engine.trace = True
+        async with h:
+            await h.send("mail", {"to": "a@x.test", "payload": "reading"})
+            await h.advance(15)
+            smtp.wait(1)
+            assert h.node("mail").outbox.delivered == 1
+    assert any(r.name == "meterflow.trace" for r in caplog.records)  # traced, at debug level
+    assert "451" in caplog.text  # the retry was logged ...
+    assert SMTP_PASSWORD not in caplog.text  # ... and nothing printed the password
