@@ -209,3 +209,37 @@ nodes:
     assert bodies[0].count("\n") == 3 and bodies[1] == bodies[0]          # whole batch twice
     assert bodies[2] == "m value=0 1700000000\nm value=1 1700000001"         # then half of it
     assert "\n".join(bodies[3:]) == "\n".join(f"m value={i} {T + i}" for i in range(4))
+
+
+async def test_v1_request_with_retention_policy_and_login(http_recorder):
+    import base64
+
+    rec = http_recorder
+    text = f"""meterflow: 1
+config:
+  - id: influx
+    type: influxdb
+    url: {rec.url}/
+    version: 1
+    database: smt
+    retention_policy: year
+    username: writer
+    password: ${{INFLUX_PASSWORD}}
+    precision: ms
+nodes:
+  - id: out
+    type: influx-out
+    server: influx
+    measurement: reading
+    tags: {{meter: main, phase: ""}}
+    batch_interval: 0s
+"""
+    async with Harness(text=text, env={"INFLUX_PASSWORD": "pw-influx-789"}) as h:
+        await h.send("out", {"payload": 7, "timestamp": T * 1000})
+        await until(lambda: h.node("out").outbox.delivered == 1)
+    (req,) = rec.requests
+    path, _, query = req.path.partition("?")
+    assert path == "/write" and dict(p.split("=") for p in query.split("&")) == {"db": "smt", "rp": "year",
+                                                                                 "precision": "ms"}
+    assert req.headers["Authorization"] == "Basic " + base64.b64encode(b"writer:pw-influx-789").decode()
+    assert req.body == f"reading,meter=main value=7 {T * 1000}".encode()  # whole numbers as floats by default
