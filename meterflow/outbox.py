@@ -150,6 +150,8 @@ class Spool:
         self.acked_since_compact = 0
 
     def append(self, item: Item) -> None:
+        if self._fh is None:
+            return  # not open yet: open() writes every pending item
         self._fh.write(_line({"seq": item.seq, "data": item.data}))
         self._flush(sync=self.sync)
 
@@ -244,10 +246,16 @@ class Outbox:
         self._opened = True
         replayed = 0
         if self.spool is not None:
+            early = list(self.items.values())  # put before open: after the replayed ones
+            self.items.clear()
             for seq, data in self.spool.load():
                 self.items[seq] = Item(seq, data)
                 self._seq = max(self._seq, seq)
                 replayed += 1
+            for item in early:
+                self._seq += 1
+                item.seq = self._seq
+                self.items[item.seq] = item
             self.spool.open(self.items.values())
             if replayed:
                 self.log.info("%s: replaying %d message(s) from spool %s", self.name, replayed, self.spool.path)

@@ -268,3 +268,19 @@ async def test_spool_survives_an_engine_restart(tmp_path):
         assert Remote.got[-1] == {"reading": 3}
         assert h.payloads("seen") == [{"reading": 3}]  # complete fires when delivered
     assert spool.read_text() == ""
+
+
+async def test_items_put_before_open_follow_the_replayed_ones(tmp_path):
+    clock, far = VirtualClock(), FarSide()
+    path = tmp_path / "x.jsonl"
+    first = make(clock, far, spool=path)
+    far.down = True
+    first.put("old")
+    await settle()
+    await first.drain(0.1)
+    far.down = False
+    box = Outbox("test", far, clock, spool=path)
+    box.put("new")  # e.g. a message that arrived before the node started
+    assert box.open() == 1
+    await settle(20)
+    assert far.got == ["old", "new"]
