@@ -586,25 +586,13 @@ def for_node(node: Node, sink: Sink, *, batch_size: int = 1, batch_interval: flo
 
 
 def drain_time(node: Node) -> float:
-    """The node's ``drain`` field, else the engine's drain time (``Engine.drain_timeout``), else 10 s."""
+    """The node's ``drain`` field, else what is left of the engine's shutdown drain time."""
     if node.config.get("drain") is not None:
         return parse_duration(node.config["drain"])
-    return float(getattr(node.flow.engine, "drain_timeout", None) or DEFAULT_DRAIN)
+    return node.flow.engine.drain_remaining()
 
 
 def tls_context(node: Node, profile_id: str):
     """The ``ssl.SSLContext`` of the tls-profile config node ``profile_id`` (re-read when its
     files change on disk, so each new connection uses a renewed certificate)."""
-    profile = config_of(node, profile_id)
-    fn = getattr(profile, "ssl_context", None)
-    if fn is not None:
-        return fn()
-    return profile.profile.context()  # meterflow.nodes.tls_profile: the TlsProfile it holds
-
-
-def config_of(node: Node, node_id: str) -> Node:
-    """The config node ``node_id`` (``Node.config_node`` where the engine indexes them)."""
-    try:
-        return node.config_node(node_id)
-    except (AttributeError, KeyError):  # engines without a config-node index
-        return node.flow.engine.find(node_id)
+    return node.config_node(profile_id).ssl_context()

@@ -28,6 +28,7 @@ from .schema import parse_duration
 log = logging.getLogger("meterflow.runtime")
 trace_log = logging.getLogger("meterflow.trace")
 
+DEFAULT_DRAIN = 10.0  # seconds in-flight messages get at shutdown
 MAX_CATCHES = 10  # Node-RED's loop guard: the 10th catch of one error from one node is refused
 _Coroutine = types.CoroutineType
 
@@ -69,6 +70,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._delivered = 0  # messages taken from the queue; tells the drain when nothing moves
+        self._drain_deadline: float | None = None
         self.started = False
         self.redact = _redact.redact
         self.debug_listeners: list = []  # callables (node, value, msg) fed by debug nodes
@@ -127,12 +129,13 @@ class Engine:
                 self.report_error(node, e, None)
         self.started = True
 
-    async def stop(self, drain_timeout: float = 10.0) -> bool:
+    async def stop(self, drain_timeout: float = DEFAULT_DRAIN) -> bool:
         """Stop sources, deliver what is in flight (within ``drain_timeout`` s), close, flush context.
 
         Returns False when the drain timed out and messages may have been cut short.
         """
         self._stopping = True
+        self._drain_deadline = asyncio.get_running_loop().time() + drain_timeout
         nodes = list(self.nodes())
         for node in (n for n in nodes if n.is_source):
             await self._stop_node(node)
@@ -152,6 +155,12 @@ class Engine:
         self.contexts.flush()
         self.started = False
         return drained
+
+    def drain_remaining(self) -> float:
+        """Seconds left of the shutdown drain budget (the full default before a stop began)."""
+        if self._drain_deadline is None:
+            return DEFAULT_DRAIN
+        return max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
 
     async def _drain(self, nodes: list[Node]) -> None:
         # Flush held messages, deliver them, and repeat: a flushed message may land in

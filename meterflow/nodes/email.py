@@ -51,7 +51,7 @@ from ..errors import AuthError, ConfigError, ConnectError, FlowError, ParseError
 from ..errors import TimeoutError as FlowTimeout
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Reject, Retry, config_of, drain_time, for_node, tls_context
+from ..outbox import Item, Reject, Retry, drain_time, for_node, tls_context
 from ..schema import Field, parse_duration
 
 _HTML = re.compile(r"<[a-z][\s\S]*>", re.I)
@@ -209,7 +209,7 @@ class Email(Node):
         return [(("server",), config["server"], "smtp-server")]
 
     def setup(self) -> None:
-        self.server: SmtpServer = config_of(self, self.config["server"])
+        self.server: SmtpServer = self.config_node(self.config["server"])
         self.outbox = for_node(self, self._sink, on_delivered=self._delivered, on_dropped=self._dropped)
 
     async def start(self) -> None:

@@ -55,7 +55,7 @@ from ..errors import AuthError, ConfigError, ConnectError, FlowError, HttpError,
 from ..errors import TimeoutError as FlowTimeout
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Reject, Retry, config_of, drain_time, for_node, tls_context
+from ..outbox import Item, Reject, Retry, drain_time, for_node, tls_context
 from ..schema import Field, parse_duration
 from .mqtt import MqttPublisher, broker_of
 
@@ -144,7 +144,7 @@ class HaService(Node):
         return [(("server",), config["server"], "ha-server")]
 
     def setup(self) -> None:
-        self.server: HaServer = config_of(self, self.config["server"])
+        self.server: HaServer = self.config_node(self.config["server"])
         self.outbox = for_node(self, self._sink, on_delivered=self._delivered, on_dropped=self._dropped)
 
     async def start(self) -> None:

@@ -50,7 +50,7 @@ from ..errors import AuthError, ConnectError, FlowError, HttpError, ParseError
 from ..errors import TimeoutError as FlowTimeout
 from ..message import MISSING, compile_path, get
 from ..node import Node
-from ..outbox import BATCH_FIELDS, Item, Reject, Retry, Split, config_of, drain_time, for_node, tls_context
+from ..outbox import BATCH_FIELDS, Item, Reject, Retry, Split, drain_time, for_node, tls_context
 from ..outbox import FIELDS as OUTBOX_FIELDS
 from ..schema import Field, parse_duration
 
@@ -298,7 +298,7 @@ class InfluxOut(Node):
         return problems
 
     def setup(self) -> None:
-        self.server: InfluxDB = config_of(self, self.config["server"])
+        self.server: InfluxDB = self.config_node(self.config["server"])
         self.outbox = for_node(self, self._sink, batch_size=1000, batch_interval=1.0,
                                on_delivered=self._delivered, on_dropped=self._dropped)
         self._precision = PRECISIONS[self.server.config["precision"]]

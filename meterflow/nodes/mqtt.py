@@ -60,7 +60,7 @@ from .. import redact
 from ..errors import ConfigError, ConnectError, FlowError, ParseError
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Outbox, Retry, config_of, drain_time, for_node, tls_context
+from ..outbox import Item, Outbox, Retry, drain_time, for_node, tls_context
 from ..schema import Field, parse_duration
 
 log = logging.getLogger("meterflow.node.mqtt-broker")
@@ -433,7 +433,7 @@ class MqttOut(Node):
         return []
 
     def setup(self) -> None:
-        self.publisher = MqttPublisher(self, config_of(self, self.config["broker"]))
+        self.publisher = MqttPublisher(self, self.config_node(self.config["broker"]))
         self.outbox = self.publisher.outbox
 
     async def start(self) -> None:
@@ -481,7 +481,7 @@ class MqttIn(Node):
         return [(("broker",), config["broker"], "mqtt-broker")]
 
     async def start(self) -> None:
-        config_of(self, self.config["broker"]).subscribe(self.config["topic"], self.config["qos"], self._message)
+        self.config_node(self.config["broker"]).subscribe(self.config["topic"], self.config["qos"], self._message)
 
     def _message(self, message) -> None:
         raw: bytes = message.payload

@@ -68,6 +68,10 @@ class TlsProfileNode(Node):
         if not settings.verify:
             self.warn("verify is off: the server's certificate is not checked")
 
+    def ssl_context(self):
+        """The current ``ssl.SSLContext`` (rebuilt when the files change on disk)."""
+        return self.profile.context()
+
     async def start(self) -> None:
         self.profile.context()  # a bad file stops the start with a message naming it
 
