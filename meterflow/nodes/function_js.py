@@ -234,7 +234,8 @@ var __mf = (function () {
       let s = String(e);
       if (e instanceof ReferenceError && e.stack) {
         const m = /, <anonymous>:(\d+):(\d+)\)/.exec(e.stack);
-        if (m) s += " (line " + (Number(m[1]) - 2) + ", col " + m[2] + ")";
+        // Node-RED's text, doubled name included: "ReferenceError: ReferenceError: x is not defined (line 3, col 21)"
+        if (m) s = e.name + ": " + s + " (line " + (Number(m[1]) - 2) + ", col " + m[2] + ")";
       }
       return s;
     }
