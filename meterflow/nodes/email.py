@@ -35,16 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.policy
 import json
-import mimetypes
 import re
-import smtplib
-import ssl
-from email.message import EmailMessage
-from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # smtplib, ssl and email cost ~15 ms to import: only when mail is sent
+    import ssl
+    from email.message import EmailMessage
 
 from .. import redact
 from ..errors import AuthError, ConfigError, ConnectError, FlowError, ParseError, TlsError
@@ -88,6 +86,8 @@ class SmtpServer(Node):
         return self.config.get("port") or DEFAULT_PORT[self.config["security"]]
 
     def ssl_context(self) -> ssl.SSLContext:
+        import ssl
+
         if self.config.get("tls"):
             return tls_context(self, self.config["tls"])
         ctx = ssl.create_default_context()
@@ -98,6 +98,9 @@ class SmtpServer(Node):
 
     def send(self, sender: str, recipients: list[str], raw: bytes) -> None:
         """Deliver one message (blocking: run it in a thread).  Raises Retry / Reject."""
+        import smtplib
+        import ssl
+
         c = self.config
         host, port, timeout = c["host"], self.port, parse_duration(c["timeout"])
         where = f"SMTP {host}:{port}"
@@ -154,6 +157,8 @@ def _refused(refused: dict) -> str:
 
 def addresses(value: Any) -> list[str]:
     """``"a@x, B <b@y>"`` or a list of them -> ``["a@x", "B <b@y>"]``."""
+    from email.utils import getaddresses
+
     if value is None or value == "":
         return []
     items = value if isinstance(value, list | tuple) else [value]
@@ -233,6 +238,10 @@ class Email(Node):
             self.error(error, item.msg)
 
     def build(self, msg: dict) -> tuple[str, list[str], EmailMessage]:
+        import mimetypes
+        from email.message import EmailMessage
+        from email.utils import formatdate, make_msgid
+
         c = self.config
         server = self.server.config
         to = addresses(c.get("to") or msg.get("to"))
@@ -289,6 +298,9 @@ class Email(Node):
         return str(sender), [*to, *cc, *bcc], em
 
     def on_input(self, msg: dict):
+        import email.policy
+        from email.utils import getaddresses
+
         if "payload" not in msg:
             self.warn("no payload: nothing sent")
             return None
