@@ -139,7 +139,7 @@ class Exporter:
         from ..flowfile import RESERVED, load_flow
         from ..schema import defaults
 
-        spec = load_flow(self.path, env=self.env)
+        spec = load_flow(self.path, env=self.env, for_run=False)
         if not spec.nodes and spec.errors:  # unreadable; other problems do not stop an export
             raise ValueError("cannot export this flow:\n" + "\n".join(map(str, spec.errors)))
         texts: dict[str, list[str]] = {}

@@ -1,0 +1,239 @@
+"""meterflow import: Node-RED flows.json -> flow YAML (the two SMT seed exports and small cases)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from meterflow import yamlpos
+from meterflow.cli import main
+from meterflow.flowfile import load_flow
+from meterflow.nodered.importer import HA_DATA_ADAPTER_NAME, HEADERS_ADAPTER_NAME, import_flows
+from meterflow.testing import Harness
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+SEEDS = {year: json.loads((REF / f"smt-node-red-{year}.json").read_text()) for year in (2023, 2025)}
+COMMENT = re.compile(r"- id: (\S+)\s+# nodered: (\S+)")
+
+
+def imported(year: int, **kw):
+    return import_flows(SEEDS[year], name=f"smt-{year}", **kw)
+
+
+def by_nodered(text: str) -> dict[str, str]:
+    """Node-RED id -> meterflow id (nodes the import added carry their own id as Node-RED id)."""
+    return {nr: mf for mf, nr in COMMENT.findall(text) if nr != mf}
+
+
+def nodes_of(text: str) -> dict[str, dict]:
+    data = yamlpos.load(text).data
+    return {n["id"]: n for n in (data.get("config") or []) + (data.get("nodes") or [])}
+
+
+def wires_of(node: dict) -> list[list[str]]:
+    w = node.get("wires") or []
+    if w and all(isinstance(x, str) for x in w):
+        return [w]
+    return [list(x) for x in w]
+
+
+@pytest.mark.parametrize("year", [2023, 2025])
+def test_seed_imports_and_checks_apart_from_unsupported_nodes(year, tmp_path):
+    result = imported(year)
+    path = tmp_path / f"smt-{year}.yaml"
+    path.write_text(result.text)
+    spec = load_flow(str(path), env={}, for_run=False)
+    errors = [p.message for p in spec.errors]
+    assert all(m.startswith("unsupported Node-RED node type ") for m in errors), errors
+    assert len(errors) == len(result.unsupported) == (1 if year == 2023 else 0)
+    if year == 2023:
+        assert errors == ["unsupported Node-RED node type server-state-changed: meterflow has no Home Assistant"
+                          " state-change trigger (ha-server talks to the REST API, not the event stream); publish"
+                          " the state over MQTT (HA mqtt_statestream) and import with --ha-statestream BASE_TOPIC"
+                          " to get an mqtt-in node, or poll the state"]
+
+
+@pytest.mark.parametrize("year", [2023, 2025])
+def test_nothing_is_dropped_and_the_wiring_is_kept(year):
+    seed = SEEDS[year]
+    text = imported(year).text
+    ids = by_nodered(text)
+    assert set(ids) == {n["id"] for n in seed}  # every Node-RED object has its meterflow node
+    assert all(re.fullmatch(r"[a-z][a-z0-9_]*", mf) for mf in ids.values())
+    nodes = nodes_of(text)
+    adapters = (HEADERS_ADAPTER_NAME, HA_DATA_ADAPTER_NAME)  # change nodes the import puts before a node
+    feeds = {n["id"]: wires_of(n)[0][0] for n in nodes.values() if n.get("name") in adapters}
+    entry = {nr: next((a for a, t in feeds.items() if t == mf), mf) for nr, mf in ids.items()}
+    for nr in seed:
+        if "x" not in nr or nr["type"] == "link out":
+            continue
+        got = wires_of(nodes[ids[nr["id"]]])
+        want = [[entry[t] for t in out] for out in nr.get("wires", [])]
+        while want and not want[-1]:
+            want.pop()
+        while len(got) < len(want):
+            got.append([])
+        assert got[: len(want)] == want, nr["id"]
+    disabled = {ids[n["id"]] for n in seed if n.get("d")}
+    assert disabled == {i for i, n in nodes.items() if n.get("disabled")}
+
+
+def test_2023_mappings():
+    text = imported(2023).text
+    ids, nodes = by_nodered(text), nodes_of(text)
+    request = nodes[ids["18bfa68f0764b928"]]
+    assert request["type"] == "tls-request"
+    assert (request["method"], request["url"], request["ret"]) == ("POST", "https://services.smartmetertexas.net/odr/", "obj")
+    assert nodes[request["tls"]] == {"id": "letsencrypt_certificate", "type": "tls-profile", "name": "LetsEncrypt Certificate",
+                                     "cert": "/ssl/fullchain.pem", "key": "/ssl/privkey.pem"}
+    assert request["retry"] == {"attempts": 1}
+    adapter = nodes["request_read_headers"]
+    assert adapter["type"] == "change" and adapter["wires"] == ["request_read"]
+    assert nodes[ids["3dbb58287814bc8c"]] == {"id": "protoerror", "type": "catch", "name": "ProtoError",
+                                              "scope": ["request_read"], "wires": ["request_read_2_headers"]}
+    email = nodes[ids["752ce38662105084"]]
+    assert email["type"] == "email" and email["name"] == "smartmeter" and "to" not in email
+    smtp = nodes[email["server"]]
+    assert (smtp["type"], smtp["host"], smtp["port"], smtp["security"], smtp["verify"]) == (
+        "smtp-server", "smtp.email.com", 465, "implicit_tls", False)
+    assert nodes[ids["0d29d9f0aa81174f"]] == {"id": "date_format", "type": "date-format", "input_tz": "America/Chicago",
+                                              "format": "YYYY-MM-DD HH:mm:ss", "wires": ["set_last_energy_read_data"]}
+    ha = nodes[ids["fe3a724f5d8b2ca8"]]
+    assert (ha["type"], ha["domain"], ha["service"], ha["entity_id"]) == (
+        "ha-service", "input_boolean", "turn_off", "input_boolean.cert_updated")
+    assert nodes[ha["server"]]["type"] == "ha-server"
+    creds = nodes[ids["cbada3ec97e2ecbf"]]
+    assert creds["fields"] == {"username": "username", "password": "password", "esiid": "esiid",
+                               "meternumber": "meternumber"}
+    switch = nodes[ids["08897231cdc297bc"]]
+    assert switch["rules"] == [{"op": "eq", "value": "0", "value_type": "str"}, {"op": "eq", "value": "1", "value_type": "str"},
+                               {"op": "eq", "value": "PEN", "value_type": "str"}, {"op": "else"}]
+    assert nodes[ids["ac3eb73f119c1fd8"]]["property_type"] == "flow"
+    change = nodes[ids["36d01fe5105891b1"]]
+    assert change["rules"][1] == {"set": "headers.content-type", "to": "application/json"}
+    assert nodes[ids["a6f5144cb8671bdf"]]["delay"] == "3m"
+    assert nodes[ids["44901286a51a41a2"]] == {"id": "read_meter", "type": "inject", "name": "Read Meter",
+                                              "payload_type": "date", "topic": "", "once": True, "once_delay": "5s",
+                                              "repeat": "1m", "wires": ["check_if_55_minute"]}
+    fn = nodes[ids["a8f15d236b6bc038"]]
+    assert fn["type"] == "function-js" and fn["name"] == "check if 55 minute"
+    assert "# nodered: 2794db7182b8c484 @90,620" in text
+
+
+def test_2025_cron_plus_becomes_a_cron_inject():
+    nodes = nodes_of(imported(2025).text)
+    assert nodes["read_meter"] == {"id": "read_meter", "type": "inject", "name": "Read Meter", "cron": "0 55 * * * * *",
+                                   "payload_type": "date", "topic": "topic1", "wires": ["apply_http_config"]}
+
+
+def test_function_code_is_kept_byte_for_byte():
+    for year, seed in SEEDS.items():
+        text = imported(year).text
+        ids, nodes = by_nodered(text), nodes_of(text)
+        for nr in seed:
+            if nr["type"] == "function":
+                assert nodes[ids[nr["id"]]]["code"] == nr["func"]
+
+
+def test_state_trigger_through_mqtt_statestream():
+    nodes = nodes_of(imported(2023, ha_statestream="homeassistant").text)
+    node = nodes["current_certificate_expired"]
+    assert (node["type"], node["broker"], node["topic"]) == ("mqtt-in", "mqtt", "homeassistant/input_boolean/cert_updated/state")
+    assert node["wires"] == ["file_in_2"]
+
+
+def _flow(*nodes: dict) -> list[dict]:
+    return [{"id": "t1", "type": "tab", "label": "Main"}, *nodes]
+
+
+def H(name: str) -> str:
+    """A Node-RED-looking id (16 hex digits) for a short test name."""
+    import hashlib
+
+    return hashlib.md5(name.encode()).hexdigest()[:16]
+
+
+def _n(id_: str, type_: str, wires=(), **fields) -> dict:
+    return {"id": H(id_), "type": type_, "z": "t1", "x": 100, "y": 100, "wires": [[H(t) for t in w] for w in wires],
+            **fields}
+
+
+def test_unknown_types_are_kept_as_unsupported_nodes(tmp_path):
+    flows = _flow(_n("aaaa000000000001", "rbe", [["aaaa000000000002"]], name="Only changes", func="rbe", gap=""),
+                  _n("aaaa000000000002", "node-red-contrib-foo", [], name="Foo", setting=1),
+                  {"id": "aaaa000000000003", "type": "foo-config", "host": "x"})
+    result = import_flows(flows, name="x")
+    nodes = nodes_of(result.text)
+    assert nodes["only_changes"]["type"] == "unsupported"
+    assert nodes["only_changes"]["nodered"] == {"name": "Only changes", "func": "rbe", "gap": ""}
+    assert nodes["only_changes"]["wires"] == ["foo"]
+    assert nodes["foo"]["nodered_type"] == "node-red-contrib-foo"
+    assert nodes["foo_config"]["type"] == "unsupported-config"
+    path = tmp_path / "x.yaml"
+    path.write_text(result.text)
+    messages = [p.message for p in load_flow(str(path), env={}, for_run=False).errors]
+    assert "unsupported Node-RED node type rbe: no filter (report-by-exception) node yet" in messages
+    assert any(m.startswith("unsupported Node-RED node type node-red-contrib-foo: ") for m in messages)
+    assert any(m.startswith("unsupported Node-RED node type foo-config: ") for m in messages)
+
+
+def test_subflows_are_flattened():
+    flows = [{"id": "t1", "type": "tab", "label": "Main"},
+             {"id": H("sf"), "type": "subflow", "name": "Double", "in": [{"wires": [{"id": H("inner")}]}],
+              "out": [{"wires": [{"id": H("inner"), "port": 0}]}], "env": []},
+             {"id": H("inner"), "type": "change", "z": H("sf"), "x": 1, "y": 1, "wires": [[]],
+              "rules": [{"t": "set", "p": "payload", "pt": "msg", "to": "$$.payload * 2", "tot": "jsonata"}]},
+             _n("in", "inject", [["inst"]], props=[{"p": "payload", "v": "21", "vt": "num"}]),
+             _n("inst", f"subflow:{H('sf')}", [["out"]], name="twice"),
+             _n("out", "debug", [], name="Out")]
+    nodes = nodes_of(import_flows(flows, name="x").text)
+    assert nodes["inject"]["wires"] == ["twice_change"]
+    assert nodes["twice_change"]["wires"] == ["out"]
+    assert nodes["twice_change"]["name"] == "twice/change"
+
+
+def test_tabs_disabled_tabs_and_the_tab_filter():
+    flows = [{"id": "t1", "type": "tab", "label": "On"}, {"id": "t2", "type": "tab", "label": "Off", "disabled": True},
+             {"id": H("a"), "type": "junction", "z": "t1", "x": 1, "y": 1, "wires": []},
+             {"id": H("b"), "type": "comment", "name": "b", "z": "t2", "x": 1, "y": 1, "wires": []}]
+    nodes = nodes_of(import_flows(flows, name="x").text)
+    assert "disabled" not in nodes["junction"] and nodes["b"]["disabled"] is True
+    only = nodes_of(import_flows(flows, name="x", tab="On").text)
+    assert set(only) == {"junction"}
+
+
+async def test_an_imported_flow_runs_like_node_red():
+    """inject props, legacy change fields, switch on loose types, template, JS function, link out/in."""
+    flows = _flow(
+        _n("i", "inject", [["c"]], props=[{"p": "payload"}, {"p": "topic", "vt": "str"}], payload='{"n": "<5>"}',
+           payloadType="json", topic="t", repeat="", crontab="", once=False),
+        _n("c", "change", [["s"]], action="replace", property="payload.count", to="msg.payload.n", reg=False),
+        _n("s", "switch", [["tpl"], ["f"]], property="payload", propertyType="msg", checkall="false",
+           rules=[{"t": "hask", "v": "count", "vt": "str"}, {"t": "else"}]),
+        _n("tpl", "template", [["f"]], field="payload", fieldType="msg", syntax="mustache", output="str",
+           template="count={{payload.count}} & ${NOPE}"),
+        _n("f", "function", [["lo"]], func="msg.payload = `${msg.payload}!`; return msg;", outputs=1),
+        _n("lo", "link out", [], mode="link", links=[H("li")]),
+        _n("li", "link in", [["d"]], links=[]),
+        _n("d", "debug", [], complete="payload", targetType="msg"))
+    text = import_flows(flows, name="x").text
+    async with Harness(text=text) as h:
+        await h.trigger("inject")
+        await h.send("switch", {"payload": 7})  # no 'count': the else output goes straight to the function
+        assert h.payloads("debug") == ["count=&lt;5&gt; & ${NOPE}!", "7!"]
+
+
+def test_cli_import_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "smt.yaml"
+    assert main(["import", str(REF / "smt-node-red-2025.json"), "-o", str(out)]) == 0
+    first = out.read_text()
+    assert main(["import", str(REF / "smt-node-red-2025.json"), "-o", str(out)]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert main(["import", str(REF / "smt-node-red-2025.json"), "-o", str(out), "--force"]) == 0
+    assert out.read_text() == first
+    (tmp_path / "bad.json").write_text('{"not": "flows"}')
+    assert main(["import", str(tmp_path / "bad.json"), "-o", str(tmp_path / "bad.yaml")]) == 1
+    assert "not a Node-RED flows.json" in capsys.readouterr().err
