@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.publish as mqtt_publish
 from services import SMTP_PASSWORD, SMTP_USER, HttpRecorder, Mosquitto, Smtp, Subscriber, until
 
 from meterflow.credentials import CredentialStore
@@ -34,9 +33,11 @@ from meterflow.sandbox.smt import SmtSandbox, fingerprint
 from meterflow.testing import Harness
 
 FLOW = Path(__file__).resolve().parent.parent / "flows" / "smt.yaml"
-USER, PASSWORD = "smt-user", "smt-password"
-ESIID, METER = "10443720000000001", "123456789LG"
-HA_TOKEN = "ha-long-lived-token-for-tests"
+# Distinct values: the credential store registers them as secrets for the whole test
+# session (meterflow.redact), so they must not be text other tests look for.
+USER, PASSWORD = "smt-e2e-user", "smt-e2e-password"
+ESIID, METER = "10443720000000777", "E2E-METER-7"
+HA_TOKEN = "ha-e2e-long-lived-token"
 TOPICS = ("smt/reading", "smt/correlationid", "smt/alert")
 
 
@@ -132,8 +133,18 @@ class SmtEnv:
 
 
 def clear_retained(port: int) -> None:
-    for topic in TOPICS:
-        mqtt_publish.single(topic, b"", retain=True, hostname="127.0.0.1", port=port)
+    """Delete what earlier tests left retained on the session's broker (an empty retained message)."""
+    import paho.mqtt.client as paho
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        for topic in TOPICS:
+            c.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
 
 
 def smt_env(tmp_path: Path, monkeypatch, mosquitto: Mosquitto, smtp: Smtp, *, ha: HttpRecorder | None = None,
