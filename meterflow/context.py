@@ -35,7 +35,7 @@ class Context:
         return get(self.data, key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if isinstance(value, str) and redact.is_secret_name(key):
+        if isinstance(value, str) and redact.is_secret_name(key if isinstance(key, str) else str(key[-1])):
             redact.add(value)  # e.g. flow.set("token", ...): masked in every log and trace
         set_path(self.data, key, MISSING if value is None else value)
         if self._changed is not None:

@@ -176,7 +176,7 @@ def test_nodes_lists_every_type_with_its_plugin(capsys):
     assert len(lines) == len(reg.types)
     for name in reg.types:
         [line] = [x for x in lines if x.split()[0] == name]
-        assert line.endswith(f"[{reg.origin[name]}]") and reg.types[name].summary in line
+        assert line.endswith(f"[{reg.plugin_label(name)}]") and reg.types[name].summary in line
     change = next(x for x in lines if x.startswith("change "))
     assert change.endswith("[meterflow.nodes (built-in)]")
 
