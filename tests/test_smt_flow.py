@@ -321,6 +321,26 @@ async def test_manual_request_now_and_read_now(smt, sub_of):
     assert len(env.requests("odr")) == 1 and h.flow_context.get("readrequested") == 0
 
 
+
+async def test_request_now_while_a_poll_is_on_the_wire_publishes_only_the_new_read(smt, sub_of):
+    env = smt(pending_polls=0)  # the first poll of a read already has the reading
+    env.sandbox.fail_next("slow", path="odrstatus", delay=0.5)  # real seconds
+    sub = sub_of(env)
+    async with env.harness() as h:
+        await h.advance(60)  # ODR at :55
+        polling = asyncio.create_task(h.advance(10))  # the first poll goes out at :55:10 ...
+        await env_wait(lambda: len(env.requests("odrstatus")) == 1, "the slow poll")
+        h.node("request-now").fire()  # ... and a manual request arrives before its reply
+        await polling
+        await h.advance(15)
+        assert await env.wait_for(sub, "smt/reading") == [READ2]
+        assert h.flow_context.get("readrequested") == 0
+    assert [(r.path, (r.json or {}).get("correlationId")) for r in env.requests()] == [
+        ("/odr/", None), ("/odrstatus/", "100001"), ("/odr/", None), ("/odrstatus/", "100002")]
+    assert codes(h) == ["0"]  # the stale reply for 100001 never reached the status switch
+    await quiet()
+    assert on(sub, "smt/reading") == [READ2] and on(sub, "smt/correlationid") == [b"100002"]
+
 async def test_untrusted_smt_server_is_not_a_client_certificate_problem(smt, sub_of, smtp):
     env = smt()
     sub = sub_of(env)
