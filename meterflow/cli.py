@@ -43,9 +43,21 @@ def cmd_run(args) -> int:
     from . import logs
 
     logs.setup(args.log_level, args.log_format)
-    specs = _load(args.files)
+    if args.instances:
+        from .instances import load_flow_instances, load_instances
+
+        if len(args.files) != 1:
+            print("meterflow: --instances runs one flow file", file=sys.stderr)
+            return 2
+        instances, problems = load_instances(args.instances)
+        _print_problems(problems)
+        if problems:
+            return 1
+        loaded = load_flow_instances(args.files[0], instances)
+    else:
+        loaded = [(None, spec) for spec in _load(args.files)]
     bad = False
-    for spec in specs:
+    for _, spec in loaded:
         _print_problems(spec.problems)
         bad = bad or bool(spec.errors)
     if bad:
@@ -54,7 +66,7 @@ def cmd_run(args) -> int:
 
     from .runner import run
 
-    return asyncio.run(run(specs, trace=args.trace, drain_timeout=args.drain_timeout, control=not args.no_control))
+    return asyncio.run(run(loaded, trace=args.trace, drain_timeout=args.drain_timeout, control=not args.no_control))
 
 
 def cmd_nodes(args) -> int:
@@ -112,7 +124,7 @@ def cmd_inject(args) -> int:
         return 1
     path = socket_path(spec.name)
     try:
-        reply = request(path, {"cmd": "inject", "node": args.node})
+        reply = request(path, {"cmd": "inject", "node": args.node, "instance": args.instance})
     except OSError as e:
         print(f"meterflow: no running engine for flow {spec.name!r} at {path} ({e.strerror or e})", file=sys.stderr)
         return 1
@@ -163,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="at shutdown, how long in-flight messages may take (default 10)")
     p.add_argument("--no-control", action="store_true", help="do not open the local control socket")
+    p.add_argument("--instances", metavar="FILE",
+                   help="run the flow once per instance in FILE (name -> environment), in this process")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check", help="validate flow files; print every problem as file:line:col")
@@ -184,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inject", help="fire an inject node of a running flow")
     p.add_argument("file", metavar="FILE")
     p.add_argument("node", metavar="NODE_ID")
+    p.add_argument("--instance", help="which instance, when the flow runs with --instances")
     p.set_defaults(func=cmd_inject)
 
     p = sub.add_parser("cert", help="certificate tools")

@@ -1,8 +1,9 @@
 """The local control channel of a running engine (``meterflow inject FILE NODE``).
 
 A Unix socket only the user can reach (its directory is mode 0700), one JSON request
-per connection: ``{"cmd": "inject", "node": "<id>"}`` -> ``{"ok": true}`` or
-``{"ok": false, "error": "..."}``.  No TCP port is opened at all.
+per connection: ``{"cmd": "inject", "node": "<id>", "instance": "<name>"}`` -> ``{"ok": true}``
+or ``{"ok": false, "error": "..."}``.  One socket per flow file (instances share it).  No TCP
+port is opened at all.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ def socket_path(flow_name: str) -> Path:
 
 
 class ControlServer:
-    def __init__(self, engine, path: Path):
-        self.engine = engine
+    def __init__(self, flows: list, path: Path):
+        self.flows = flows  # the flows (instances) of one flow file
         self.path = path
         self._server: asyncio.AbstractServer | None = None
 
@@ -54,10 +55,15 @@ class ControlServer:
     def dispatch(self, req: dict) -> dict:
         if req.get("cmd") != "inject":
             return {"ok": False, "error": f"unknown command {req.get('cmd')!r}"}
-        node_id = req.get("node")
-        try:
-            node = self.engine.find(str(node_id))
-        except KeyError:
+        node_id, instance = req.get("node"), req.get("instance")
+        flows = [f for f in self.flows if instance is None or f.instance == instance]
+        if not flows:
+            names = ", ".join(sorted(str(f.instance) for f in self.flows))
+            return {"ok": False, "error": f"no instance {instance!r} (running: {names})"}
+        if len(flows) > 1:
+            return {"ok": False, "error": f"{len(flows)} instances run this flow: name one with --instance"}
+        node = flows[0].nodes.get(str(node_id))
+        if node is None:
             return {"ok": False, "error": f"no node {node_id!r} in the running flow"}
         fire = getattr(node, "fire", None)
         if fire is None:

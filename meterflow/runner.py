@@ -19,9 +19,11 @@ log = logging.getLogger("meterflow")
 
 async def run(specs, *, trace: bool = False, drain_timeout: float = 10.0, control: bool = True,
               engine: Engine | None = None) -> int:
+    """Run flows: ``specs`` holds FlowSpecs or ``(instance name or None, FlowSpec)`` pairs."""
     engine = engine or Engine(trace=trace)
-    for spec in specs:
-        engine.load(spec)
+    for item in specs:
+        instance, spec = item if isinstance(item, tuple) else (None, item)
+        engine.load(spec, instance)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen = 0
@@ -48,16 +50,21 @@ async def run(specs, *, trace: bool = False, drain_timeout: float = 10.0, contro
     if control:
         from .control import ControlServer, socket_path
 
+        by_file: dict[str, list] = {}
         for flow in engine.flows:
-            server = ControlServer(engine, socket_path(flow.name))
+            by_file.setdefault(flow.spec.name, []).append(flow)
+        for name, flows in by_file.items():
+            server = ControlServer(flows, socket_path(name))
             try:
                 await server.start()
                 servers.append(server)
             except OSError as e:
                 log.warning("control socket %s unavailable (%s); `meterflow inject` will not reach this run",
                             server.path, e)
-    names = ", ".join(f"{f.name} ({len(f.nodes)} nodes)" for f in engine.flows)
-    log.info("running %s", names)
+    if len(engine.flows) > 5:
+        log.info("running %d flows (%d nodes)", len(engine.flows), sum(len(f.nodes) for f in engine.flows))
+    else:
+        log.info("running %s", ", ".join(f"{f.name} ({len(f.nodes)} nodes)" for f in engine.flows))
     await stop.wait()
     for server in servers:
         await server.stop()

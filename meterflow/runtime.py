@@ -36,19 +36,23 @@ _Coroutine = types.CoroutineType
 class Flow:
     """One loaded flow file: its nodes, catch/status/complete routing and flow context."""
 
-    def __init__(self, engine: Engine, spec: FlowSpec, name: str | None = None):
+    def __init__(self, engine: Engine, spec: FlowSpec, instance: str | None = None):
         self.engine = engine
         self.spec = spec
-        self.name = name or spec.name
+        self.instance = instance
+        self.name = f"{spec.name}@{instance}" if instance else spec.name
         self.nodes: dict[str, Node] = {}
         self.catch_nodes: list = []
         self.status_nodes: list = []
         self.complete_nodes: dict[str, list] = {}
         ctx = spec.context or {}
         if ctx.get("store") == "file":
-            directory = ctx.get("dir") or str(Path(spec.file).parent / "state" / self.name)
+            directory = ctx.get("dir") or str(Path(spec.file).parent / "state" / spec.name)
+            if instance:
+                directory = str(Path(directory) / instance)  # each instance keeps its own context
             store = FileStore(directory, engine.clock.call_later, parse_duration(ctx.get("flush") or 1.0))
-            engine.contexts.use_file_global(store)
+            if not instance:  # instances share global context in memory, never each other's file
+                engine.contexts.use_file_global(store)
         else:
             store = MemoryStore()
         self.store = engine.contexts.add_store(store)
@@ -79,10 +83,10 @@ class Engine:
             self.clock.settle = self.settle
 
     # ---- building ------------------------------------------------------------------------
-    def load(self, spec: FlowSpec, name: str | None = None) -> Flow:
+    def load(self, spec: FlowSpec, instance: str | None = None) -> Flow:
         if spec.errors:
             raise FlowError("flow has errors:\n" + "\n".join(map(str, spec.errors)), kind="config")
-        flow = Flow(self, spec, name)
+        flow = Flow(self, spec, instance)
         for ns in spec.nodes:
             if ns.disabled:
                 continue  # as in Node-RED: not created; messages to it are dropped
