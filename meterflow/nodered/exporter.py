@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .importer import (
+    HA_DATA_ADAPTER_NAME,
     HEADERS_ADAPTER_NAME,
     HEADERS_ADAPTER_RULES,
     Importer,
@@ -66,6 +67,8 @@ class _Node:
     info: str
     is_config: bool
     cls: Any
+    raw_disabled: Any = False
+    quoted: list = field(default_factory=list)  # paths of quoted ${...} values (their quotes keep them text)
     nodered_id: str | None = None
     pos: tuple | None = None
 
@@ -130,7 +133,7 @@ def _split(target: str) -> tuple[str, str]:
 
 class Exporter:
     def __init__(self, path: str, env=None):
-        self.path = path
+        self.path_ = path
         self.env = dict(os.environ) if env is None else env
         self.notes: list[str] = []
 
@@ -139,7 +142,7 @@ class Exporter:
         from ..flowfile import RESERVED, load_flow
         from ..schema import defaults
 
-        spec = load_flow(self.path, env=self.env, for_run=False)
+        spec = load_flow(self.path_, env=self.env, for_run=False)
         if not spec.nodes and spec.errors:  # unreadable; other problems do not stop an export
             raise ValueError("cannot export this flow:\n" + "\n".join(map(str, spec.errors)))
         texts: dict[str, list[str]] = {}
@@ -153,6 +156,15 @@ class Exporter:
                          raw.get("info") if isinstance(raw.get("info"), str) else "", ns.is_config, ns.cls)
             if ns.cls is not None:
                 node.defaults = defaults(ns.cls.schema, config)  # type: ignore[attr-defined]
+            node.raw_disabled = raw.get("disabled", False)
+            n = len(ns.path)
+            for q in sorted(ns.doc.quoted, key=str):
+                if q[:n] == ns.path and len(q) > n and q[n] not in RESERVED:
+                    v = raw
+                    for p in q[n:]:
+                        v = v[p]
+                    if isinstance(v, str) and "${" in v:
+                        node.quoted.append(list(q[n:]))
             if isinstance(raw.get("nodered_id"), str):
                 node.nodered_id = raw["nodered_id"]
             lines = texts.get(ns.doc.file)
@@ -229,20 +241,40 @@ class Exporter:
         return ExportResult(flows, self.notes)
 
     def fold_adapters(self, nodes: list[_Node], by_id: dict) -> dict[str, str]:
-        """Adapter change nodes an import put before request nodes -> {adapter id: request id}."""
+        """Adapter change nodes an import put before a node -> {adapter id: that node's id}.
+
+        "msg.headers to request_headers" before a tls-request goes (Node-RED's http request
+        reads msg.headers itself); "service data (JSONata)" before an ha-service goes back
+        into the call-service node's data."""
         out = {}
+        self.ha_data: dict[str, str] = {}
         for n in nodes:
-            if n.type != "change" or n.name != HEADERS_ADAPTER_NAME or n.config.get("rules") != HEADERS_ADAPTER_RULES:
+            if n.type != "change":
                 continue
             targets = [t for w in n.wires for t in w]
-            if len(targets) == 1 and getattr(by_id.get(targets[0]), "type", None) == "tls-request":
-                out[n.id] = targets[0]
+            target = by_id.get(targets[0]) if len(targets) == 1 else None
+            if target is None:
+                continue
+            rules = n.config.get("rules")
+            if n.name == HEADERS_ADAPTER_NAME and rules == HEADERS_ADAPTER_RULES and target.type == "tls-request":
+                out[n.id] = target.id
+            elif n.name == HA_DATA_ADAPTER_NAME and target.type == "ha-service" and len(rules or []) == 1:
+                m = re.fullmatch(r'\{"data": \((.*)\)\}', str(rules[0].get("to", "")), re.S)
+                if rules[0].get("set") == "payload" and rules[0].get("to_type") == "jsonata" and m:
+                    out[n.id] = target.id
+                    self.ha_data[target.id] = m.group(1)
         for n in nodes:  # everything wired to an adapter now goes to the request itself
             n.wires = [[out.get(t, t) for t in w] for w in n.wires]
         return out
 
     def wires(self, n: _Node, outs: int | None) -> list[list[str]]:
+        """One list per output, as Node-RED wants (an unwired output is [])."""
         wires = [[self.nr_id[t] for t in w if t in self.nr_id] for w in n.wires]
+        if outs is None and n.cls is not None:
+            try:
+                outs = len(n.cls.output_names(getattr(n, "defaults", n.config)))
+            except Exception:
+                outs = None
         if outs is not None:
             wires = (wires + [[] for _ in range(outs)])[:outs]
         return wires
@@ -279,6 +311,8 @@ class Exporter:
         from ..flowfile import RESERVED
         from ..schema import defaults
 
+        if isinstance(n.raw_disabled, str):
+            return False  # 'disabled: ${VAR}' needs the block to come back
         if n.type in ("unsupported", "unsupported-config"):
             return True  # written back as it came; an import makes the same node of it again
         if nr.get("type") == "function" and nr.get("func", "").startswith("// meterflow \""):
@@ -295,6 +329,10 @@ class Exporter:
         block = {"meterflow": {"id": n.id, "type": n.type, "name": n.name, "fields": n.config}}
         if n.is_config:
             block["meterflow"]["config"] = True
+        if isinstance(n.raw_disabled, str):
+            block["meterflow"]["disabled"] = n.raw_disabled
+        if n.quoted:
+            block["meterflow"]["quoted"] = n.quoted
         outs = len(n.wires)
         if outs != 1:
             block["meterflow"]["outputs"] = outs
@@ -500,14 +538,16 @@ class Exporter:
                 "action": c.get("action") if c.get("action") in ("obj", "str") else "", "pretty": bool(c.get("pretty"))}
 
     def to_file_in(self, n: _Node, c: dict) -> dict:
-        return {"type": "file in", "filename": c.get("filename") or "", "filenameType": c.get("filename_type", "str")
+        return {"type": "file in", "filename": self.path(c.get("filename")) if c.get("filename_type", "str") == "str"
+                else c.get("filename") or "", "filenameType": c.get("filename_type", "str")
                 if c.get("filename") else "msg", "format": {"bytes": "", "lines": "lines"}.get(c.get("format"), "utf8"),
                 "chunk": False, "sendError": bool(c.get("send_error")),
                 "encoding": "none" if c.get("encoding", "utf-8") in ("utf-8", "utf8") else c.get("encoding"),
                 "allProps": bool(c.get("all_props"))}
 
     def to_file_out(self, n: _Node, c: dict) -> dict:
-        return {"type": "file", "filename": c.get("filename") or "", "filenameType": c.get("filename_type", "str")
+        return {"type": "file", "filename": self.path(c.get("filename")) if c.get("filename_type", "str") == "str"
+                else c.get("filename") or "", "filenameType": c.get("filename_type", "str")
                 if c.get("filename") else "msg", "appendNewline": c.get("add_newline", True),
                 "createDir": bool(c.get("create_dirs")),
                 "overwriteFile": {"write": "true", "delete": "delete"}.get(c.get("action"), "false"),
@@ -522,8 +562,15 @@ class Exporter:
                 "proxy": "", "insecureHTTPParser": False, "authType": auth.get("type", "") if auth else "",
                 "senderr": True, "headers": headers}  # tls-request sends nothing on after a transport error
 
+    def path(self, value: Any) -> str:
+        """meterflow reads files relative to the flow file; Node-RED relative to where it runs."""
+        if not value:
+            return ""
+        return value if os.path.isabs(value) else os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.path_)), value))
+
     def to_tls_profile(self, n: _Node, c: dict) -> dict:
-        return {"type": "tls-config", "cert": c.get("cert") or "", "key": c.get("key") or "", "ca": c.get("ca") or "",
+        return {"type": "tls-config", "cert": self.path(c.get("cert")), "key": self.path(c.get("key")),
+                "ca": self.path(c.get("ca")),
                 "certname": "", "keyname": "", "caname": "", "servername": c.get("server_name") or "",
                 "verifyservercert": c.get("verify", True), "alpnprotocol": ""}
 
@@ -592,10 +639,12 @@ class Exporter:
     def to_ha_service(self, n: _Node, c: dict) -> dict:
         ent = c.get("entity_id")
         data = c.get("data") or {}
+        expr = self.ha_data.get(n.id)
         return {"type": "api-call-service", "server": self.ref(c.get("server")), "version": 3, "debugenabled": False,
                 "service_domain": c.get("domain") or "", "service": c.get("service") or "",
                 "entityId": ",".join(ent) if isinstance(ent, list) else (ent or ""),
-                "data": json.dumps(data) if data else "", "dataType": "json", "mergecontext": "",
+                "data": expr if expr else json.dumps(data) if data else "", "dataType": "jsonata" if expr else "json",
+                "mergecontext": "",
                 "mustacheAltTags": False, "outputProperties": [], "queue": "none"}
 
     def to_unsupported(self, n: _Node, c: dict) -> dict:

@@ -35,7 +35,7 @@ from typing import Any
 from .credentials import contrib_values
 
 HEX_ID = re.compile(r"[0-9a-f]{16}|[0-9a-f]{5,8}\.[0-9a-f]{3,8}")
-READABLE_ID = re.compile(r"[a-z][a-z0-9_]*")
+READABLE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")  # kept as it is (unless it looks like a Node-RED id)
 WHOLE_ENV = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 BLOCK = re.compile(r"\n*```meterflow\n(.*?)\n```\s*$", re.S)
 VOLATILE = {"id", "z", "x", "y", "wires", "g", "d", "info", "l", "w", "h"}
@@ -99,6 +99,10 @@ UNIT_SECONDS = {"milliseconds": 0.001, "ms": 0.001, "seconds": 1, "s": 1, "secon
 
 class Ref(str):
     """A ``${...}`` reference the importer wrote on purpose: emitted without escaping."""
+
+
+class QuotedRef(Ref):
+    """Text from a meterflow block that was quoted in its YAML: it stays quoted (so it stays a string)."""
 
 
 @dataclass
@@ -374,8 +378,10 @@ class Importer:
             if not (block and block.get("hash") == block_hash(nr) and isinstance(block.get("meterflow"), dict)):
                 continue
             b = block["meterflow"]
-            node = MfNode(self.idmap[nr["id"]], str(b.get("type") or "unsupported"), _verbatim(b.get("fields") or {}),
+            node = MfNode(self.idmap[nr["id"]], str(b.get("type") or "unsupported"), _verbatim(b.get("fields") or {}, {tuple(q) for q in b.get("quoted") or []}),
                           name=str(b.get("name") or ""), is_config=bool(b.get("config")), outputs=int(b.get("outputs", 1)))
+            if isinstance(b.get("disabled"), str):  # e.g. ${HA_DISABLED:-true}
+                node.disabled = Ref(b["disabled"])  # type: ignore[assignment]
             self.restored[nr["id"]] = node
             if node.type == "smtp-server":  # e-mail nodes mapped later use it instead of making one
                 f = node.fields
@@ -466,14 +472,15 @@ class Importer:
 
 
 # ---- helpers the mappers share --------------------------------------------------------------------
-def _verbatim(v: Any) -> Any:
-    """Fields from a meterflow block are YAML text already: emit their strings as they are."""
+def _verbatim(v: Any, quoted: set | frozenset = frozenset(), path: tuple = ()) -> Any:
+    """Fields from a meterflow block are YAML text already: emit their strings as they are
+    (quoted where the original was, since quoting decides how ``${...}`` results are typed)."""
     if isinstance(v, str):
-        return Ref(v)
+        return QuotedRef(v) if path in quoted else Ref(v)
     if isinstance(v, dict):
-        return {k: _verbatim(x) for k, x in v.items()}
+        return {k: _verbatim(x, quoted, path + (k,)) for k, x in v.items()}
     if isinstance(v, list):
-        return [_verbatim(x) for x in v]
+        return [_verbatim(x, quoted, path + (i,)) for i, x in enumerate(v)]
     return v
 
 
@@ -1279,7 +1286,7 @@ def _escape(value: Any, code: bool = False) -> Any:
     A whole ``${NAME}`` in a setting is kept: Node-RED substitutes those from the
     environment too."""
     if isinstance(value, Ref):
-        return str(value)
+        return value
     if isinstance(value, str):
         if not code and WHOLE_ENV.fullmatch(value):
             return value
@@ -1324,6 +1331,8 @@ def _plain_ok(s: str, flow: bool) -> str | None:
 
 
 def scalar(v: Any, flow: bool = False) -> str:
+    if isinstance(v, QuotedRef):
+        return json.dumps(str(v), ensure_ascii=False)
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -1345,7 +1354,19 @@ def flow_style(v: Any) -> str:
 
 
 def _is_flat(v: Any) -> bool:
-    return not isinstance(v, dict | list) or (isinstance(v, list) and all(not isinstance(x, dict | list) for x in v))
+    return (not isinstance(v, dict | list) or (isinstance(v, list) and all(not isinstance(x, dict | list) for x in v))) \
+        and _flow_ok(v)
+
+
+def _flow_ok(v: Any) -> bool:
+    """False when flow style would have to quote an unquoted ``${...}`` (quoting changes its typing)."""
+    if isinstance(v, dict):
+        return all(_flow_ok(x) for x in v.values())
+    if isinstance(v, list):
+        return all(_flow_ok(x) for x in v)
+    if isinstance(v, Ref) and not isinstance(v, QuotedRef) and "${" in v:
+        return _plain_ok(str(v), True) is not None
+    return True
 
 
 def _block_text(key: str, s: str, pad: str) -> list[str]:
@@ -1370,15 +1391,19 @@ def _emit(key: str, v: Any, pad: str) -> list[str]:
     k = scalar(key, True)
     if isinstance(v, str) and "\n" in v:
         return _block_text(k, v, pad)
+    if not isinstance(v, dict | list):
+        return [f"{pad}{k}: {scalar(v)}"]
     if isinstance(v, dict) and v and not all(_is_flat(x) for x in v.values()):
         out = [f"{pad}{k}:"]
         for kk, vv in v.items():
             out += _emit(kk, vv, pad + "  ")
         return out
-    if isinstance(v, list) and v and any(isinstance(x, dict) for x in v):
+    if isinstance(v, list) and v and (any(isinstance(x, dict) for x in v) or not _flow_ok(v)):
         out = [f"{pad}{k}:"]
         for item in v:
-            if isinstance(item, dict) and any(isinstance(x, str) and "\n" in x for x in item.values()):
+            if not isinstance(item, dict):
+                out.append(f"{pad}  - {scalar(item) if not isinstance(item, list) else flow_style(item)}")
+            elif any(isinstance(x, str) and "\n" in x for x in item.values()) or not _flow_ok(item):
                 first = True
                 for kk, vv in item.items():
                     lines = _emit(kk, vv, pad + "    ")
