@@ -107,7 +107,7 @@ def describe(cls, origin: str) -> str:
 def cmd_graph(args) -> int:
     from . import graph
 
-    [spec] = _load([args.file])
+    [spec] = _load([args.file], for_run=False)  # drawing needs no secrets or certificates
     if spec.errors:
         _print_problems(spec.errors)
         return 1
