@@ -271,7 +271,8 @@ class Importer:
     def cred_name(self, mf_id: str) -> str:
         return f"{self.cred_prefix}{mf_id}".replace("_", "-")
 
-    def secret(self, mf_id: str, nr_id: str, nr_field: str, mf_field: str | None = None, always: bool = False) -> Ref | None:
+    def secret(self, mf_id: str, nr_id: str, nr_field: str, mf_field: str | None = None,
+               always: bool = False) -> QuotedRef | None:
         """``${creds:NAME.FIELD}`` for a Node-RED credential field; records its value when known."""
         value = (self.creds.get(nr_id) or {}).get(nr_field)
         if value in (None, "") and (self.have_creds or not always):
@@ -279,7 +280,7 @@ class Importer:
         name, fld = self.cred_name(mf_id), re.sub(r"[^A-Za-z0-9_-]", "_", mf_field or nr_field)
         if value not in (None, ""):
             self.secrets.append((name, fld, str(value)))
-        return Ref(f"${{creds:{name}.{fld}}}")
+        return QuotedRef(f"${{creds:{name}.{fld}}}")  # quoted: a secret of digits stays text
 
     # ---- the whole import ------------------------------------------------------------------------
     def run(self) -> ImportResult:
@@ -1193,7 +1194,7 @@ def map_ha_server(imp: Importer, nr: dict, mf_id: str):
     url = creds.get("host") or ("http://supervisor/core" if addon else "")
     f: dict = {"url": url or Ref("${HA_URL:-http://homeassistant.local:8123}")}
     node = MfNode(mf_id, "ha-server", f, is_config=True)
-    f["token"] = imp.secret(mf_id, nr["id"], "access_token", "token", always=True) or Ref(
+    f["token"] = imp.secret(mf_id, nr["id"], "access_token", "token", always=True) or QuotedRef(
         f"${{creds:{imp.cred_name(mf_id)}.token}}")
     if addon:
         node.notes.append("this was the Home Assistant add-on's own connection: set the token to a long-lived access"
