@@ -66,8 +66,10 @@ class Node:
         """Ids this config names: ``[(path, id, want)]``.
 
         ``want`` is a config-node type (``"mqtt-broker"``, several joined by ``|``), ``None``
-        for any flow node, or ``"node:<type>"`` for a flow node of that type."""
-        return []
+        for any flow node, or ``"node:<type>"`` for a flow node of that type.  The default
+        covers every ``Field("ref", ref="<type>")`` of the schema; override for more."""
+        return [((name,), config[name], f.ref) for name, f in cls.schema.items()
+                if f.ref and "ref" in f.type.split("|") and config.get(name) is not None]
 
     # ---- lifecycle -------------------------------------------------------------------------
     def setup(self) -> None:

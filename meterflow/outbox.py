@@ -42,11 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from . import redact
 from .errors import FlowError
+from .node import Node
 from .schema import Field, parse_duration
 
 if TYPE_CHECKING:  # pragma: no cover
     from .clock import Clock, Timer
-    from .node import Node
 
 log = logging.getLogger("meterflow.outbox")
 
@@ -596,3 +596,31 @@ def tls_context(node: Node, profile_id: str):
     """The ``ssl.SSLContext`` of the tls-profile config node ``profile_id`` (re-read when its
     files change on disk, so each new connection uses a renewed certificate)."""
     return node.config_node(profile_id).ssl_context()
+
+
+class OutputNode(Node):
+    """A node whose deliveries go through an :class:`Outbox`: queued while the far side is
+    down, retried, optionally spooled, drained at stop.  A subclass sets ``self.outbox`` in
+    ``setup`` (usually ``for_node(self, self._sink, ...)``); by default a delivered message
+    completes (``done``) and a dropped one is reported to catch nodes."""
+
+    outputs = 0
+    auto_done = False  # done when the far side has the message
+
+    @classmethod
+    def output_names(cls, config: dict) -> list[str]:
+        return [str(i) for i in range(cls.outputs)]
+
+    async def start(self) -> None:
+        self.outbox.open()
+
+    async def stop(self) -> None:
+        await self.outbox.drain(drain_time(self))
+
+    def _delivered(self, item: Item) -> None:
+        if item.msg is not None:
+            self.done(item.msg)
+
+    def _dropped(self, item: Item, error: FlowError) -> None:
+        if item.msg is not None:
+            self.error(error, item.msg)

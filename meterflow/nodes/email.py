@@ -49,7 +49,7 @@ from ..errors import AuthError, ConfigError, ConnectError, FlowError, ParseError
 from ..errors import TimeoutError as FlowTimeout
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Reject, Retry, drain_time, for_node, tls_context
+from ..outbox import Item, OutputNode, Reject, Retry, for_node, tls_context
 from ..schema import Field, parse_duration
 
 _HTML = re.compile(r"<[a-z][\s\S]*>", re.I)
@@ -73,9 +73,6 @@ class SmtpServer(Node):
         "timeout": Field("duration", "connection and reply timeout", default=30.0),
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("tls",), config["tls"], "tls-profile")] if config.get("tls") else []
 
     def setup(self) -> None:
         if self.config.get("password"):
@@ -190,11 +187,9 @@ def _content_bytes(att: dict) -> bytes:
     raise ParseError(f"attachment {att.get('filename')!r} has neither content nor path")
 
 
-class Email(Node):
+class Email(OutputNode):
     type = "email"
     summary = "Send msg.payload as an e-mail (text/HTML, attachments) through an smtp-server; retried"
-    outputs = 0
-    auto_done = False
     schema = {
         "server": Field("ref", "smtp-server config node", ref="smtp-server", required=True),
         "to": Field("str|list", "recipient(s); when set they beat msg.to"),
@@ -205,37 +200,16 @@ class Email(Node):
         **OUTBOX_FIELDS,
     }
 
-    @classmethod
-    def output_names(cls, config: dict) -> list[str]:
-        return []
-
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("server",), config["server"], "smtp-server")]
 
     def setup(self) -> None:
         self.server: SmtpServer = self.config_node(self.config["server"])
         self.outbox = for_node(self, self._sink, on_delivered=self._delivered, on_dropped=self._dropped)
-
-    async def start(self) -> None:
-        self.outbox.open()
-
-    async def stop(self) -> None:
-        await self.outbox.drain(drain_time(self))
 
     async def _sink(self, batch: list[Item]) -> None:
         for item in batch:
             d = item.data
             await asyncio.to_thread(self.server.send, d["from"], d["to"], base64.b64decode(d["raw"]))
             self.outbox.mark_done(item)
-
-    def _delivered(self, item: Item) -> None:
-        if item.msg is not None:
-            self.done(item.msg)
-
-    def _dropped(self, item: Item, error: FlowError) -> None:
-        if item.msg is not None:
-            self.error(error, item.msg)
 
     def build(self, msg: dict) -> tuple[str, list[str], EmailMessage]:
         import mimetypes

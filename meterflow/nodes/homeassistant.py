@@ -51,11 +51,11 @@ import re
 from typing import Any
 
 from .. import __version__, redact
-from ..errors import AuthError, ConfigError, ConnectError, FlowError, HttpError, ParseError
+from ..errors import AuthError, ConfigError, ConnectError, HttpError, ParseError
 from ..errors import TimeoutError as FlowTimeout
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Reject, Retry, drain_time, for_node, tls_context
+from ..outbox import Item, OutputNode, Reject, Retry, drain_time, for_node, tls_context
 from ..schema import Field, parse_duration
 from .mqtt import MqttPublisher, broker_of
 
@@ -73,9 +73,6 @@ class HaServer(Node):
         "tls": Field("ref", "tls-profile for https URLs", ref="tls-profile"),
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("tls",), config["tls"], "tls-profile")] if config.get("tls") else []
 
     @classmethod
     def check(cls, config: dict) -> list:
@@ -126,10 +123,10 @@ class HaServer(Node):
             self._client = None
 
 
-class HaService(Node):
+class HaService(OutputNode):
     type = "ha-service"
     summary = "Call a Home Assistant service (POST /api/services/<domain>/<service>); reply on the output"
-    auto_done = False
+    outputs = 1  # the service reply
     schema = {
         "server": Field("ref", "ha-server config node", ref="ha-server", required=True),
         "domain": Field("str", "service domain, e.g. input_boolean (else msg.payload.domain)"),
@@ -139,19 +136,10 @@ class HaService(Node):
         **OUTBOX_FIELDS,
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("server",), config["server"], "ha-server")]
 
     def setup(self) -> None:
         self.server: HaServer = self.config_node(self.config["server"])
         self.outbox = for_node(self, self._sink, on_delivered=self._delivered, on_dropped=self._dropped)
-
-    async def start(self) -> None:
-        self.outbox.open()
-
-    async def stop(self) -> None:
-        await self.outbox.drain(drain_time(self))
 
     async def _sink(self, batch: list[Item]) -> None:
         for item in batch:
@@ -165,10 +153,6 @@ class HaService(Node):
         self.send(msg)
         if item.msg is not None:
             self.done(item.msg)
-
-    def _dropped(self, item: Item, error: FlowError) -> None:
-        if item.msg is not None:
-            self.error(error, item.msg)
 
     def on_input(self, msg: dict):
         c = self.config
@@ -222,9 +206,6 @@ class HaDiscovery(Node):
     def output_names(cls, config: dict) -> list[str]:
         return []
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("broker",), config["broker"], "mqtt-broker")]
 
     @classmethod
     def check(cls, config: dict) -> list:

@@ -49,7 +49,7 @@ from ..errors import AuthError, ConnectError, FlowError, HttpError, ParseError
 from ..errors import TimeoutError as FlowTimeout
 from ..message import MISSING, compile_path, get
 from ..node import Node
-from ..outbox import BATCH_FIELDS, Item, Reject, Retry, Split, drain_time, for_node, tls_context
+from ..outbox import BATCH_FIELDS, Item, OutputNode, Reject, Retry, Split, for_node, tls_context
 from ..outbox import FIELDS as OUTBOX_FIELDS
 from ..schema import Field, parse_duration
 
@@ -161,9 +161,6 @@ class InfluxDB(Node):
         "tls": Field("ref", "tls-profile for https URLs (client certificate, CA)", ref="tls-profile"),
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("tls",), config["tls"], "tls-profile")] if config.get("tls") else []
 
     @classmethod
     def check(cls, config: dict) -> list:
@@ -259,11 +256,9 @@ def retry_after(value: str | None) -> float | None:
 
 
 # ---- the output node ------------------------------------------------------------------------------------
-class InfluxOut(Node):
+class InfluxOut(OutputNode):
     type = "influx-out"
     summary = "Write points to InfluxDB (v1 or v2) in batches; retried, bounded and optionally spooled"
-    outputs = 0
-    auto_done = False
     schema = {
         "server": Field("ref", "influxdb config node", ref="influxdb", required=True),
         "measurement": Field("str", "measurement (else msg.measurement or the point's own)"),
@@ -284,9 +279,6 @@ class InfluxOut(Node):
     def output_names(cls, config: dict) -> list[str]:
         return []
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("server",), config["server"], "influxdb")]
 
     @classmethod
     def check(cls, config: dict) -> list:
@@ -304,12 +296,6 @@ class InfluxOut(Node):
                                on_delivered=self._delivered, on_dropped=self._dropped)
         self._precision = PRECISIONS[self.server.config["precision"]]
         self._pending: dict[int, list] = {}  # id(msg) -> [msg, points not yet written]
-
-    async def start(self) -> None:
-        self.outbox.open()
-
-    async def stop(self) -> None:
-        await self.outbox.drain(drain_time(self))
 
     async def _sink(self, batch: list[Item]) -> None:
         await self.server.write("\n".join(item.data for item in batch))

@@ -60,7 +60,7 @@ from .. import redact
 from ..errors import ConfigError, ConnectError, FlowError, ParseError
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
-from ..outbox import Item, Outbox, Retry, drain_time, for_node, tls_context
+from ..outbox import Item, Outbox, OutputNode, Retry, for_node, tls_context
 from ..schema import Field, parse_duration
 
 log = logging.getLogger("meterflow.node.mqtt-broker")
@@ -122,9 +122,6 @@ class MqttBroker(Node):
         "close": Field("map", "a message published before a clean disconnect", fields=MESSAGE.fields),
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("tls",), config["tls"], "tls-profile")] if config.get("tls") else []
 
     def setup(self) -> None:
         if self.config.get("password"):
@@ -404,11 +401,9 @@ class MqttPublisher:
             self.node.error(error, item.msg)
 
 
-class MqttOut(Node):
+class MqttOut(OutputNode):
     type = "mqtt-out"
     summary = "Publish msg.payload to an MQTT topic; queued (and optionally spooled) while the broker is down"
-    outputs = 0
-    auto_done = False  # done when the broker has the message
     schema = {
         "broker": Field("ref", "mqtt-broker config node", ref="mqtt-broker", required=True),
         "topic": Field("str", "topic; when set it beats msg.topic", default=""),
@@ -417,13 +412,6 @@ class MqttOut(Node):
         **OUTBOX_FIELDS,
     }
 
-    @classmethod
-    def output_names(cls, config: dict) -> list[str]:
-        return []
-
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("broker",), config["broker"], "mqtt-broker")]
 
     @classmethod
     def check(cls, config: dict) -> list:
@@ -435,12 +423,6 @@ class MqttOut(Node):
     def setup(self) -> None:
         self.publisher = MqttPublisher(self, self.config_node(self.config["broker"]))
         self.outbox = self.publisher.outbox
-
-    async def start(self) -> None:
-        self.outbox.open()
-
-    async def stop(self) -> None:
-        await self.outbox.drain(drain_time(self))
 
     def on_input(self, msg: dict):
         if "payload" not in msg:
@@ -476,9 +458,6 @@ class MqttIn(Node):
                           choices=("auto", "utf8", "json", "buffer"), default="auto"),
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("broker",), config["broker"], "mqtt-broker")]
 
     async def start(self) -> None:
         self.config_node(self.config["broker"]).subscribe(self.config["topic"], self.config["qos"], self._message)

@@ -133,9 +133,6 @@ class TlsRequest(Node):
         "retry": RETRY,
     }
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        return [(("tls",), config["tls"], "tls-profile")] if config.get("tls") else []
 
     @classmethod
     def check(cls, config: dict) -> list:

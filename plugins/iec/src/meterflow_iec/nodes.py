@@ -242,10 +242,6 @@ class _IECNode(Node):
 
     schema = {"account": ACCOUNT}
 
-    @classmethod
-    def references(cls, config: dict) -> list:
-        ref = config.get("account")
-        return [(("account",), ref, "iec-account")] if isinstance(ref, str) else []
 
     def setup(self) -> None:
         ref = self.config["account"]
