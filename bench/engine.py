@@ -49,7 +49,10 @@ REG = registry_with(Sink)
 
 
 def chain_flow(n: int) -> str:
-    nodes = [f"  - {{id: c{i}, type: change, rules: [{{set: topic, to: t{i}}}], wires: [{'c%d' % (i + 1) if i + 1 < n else 'sink'}]}}"
+    def next_id(i: int) -> str:
+        return f"c{i + 1}" if i + 1 < n else "sink"
+
+    nodes = [f"  - {{id: c{i}, type: change, rules: [{{set: topic, to: t{i}}}], wires: [{next_id(i)}]}}"
              for i in range(n)]
     return "meterflow: 1\nnodes:\n" + "\n".join(nodes) + "\n  - {id: sink, type: bench-sink}\n"
 
