@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -237,3 +238,148 @@ def test_cli_import_refuses_to_overwrite(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"not": "flows"}')
     assert main(["import", str(tmp_path / "bad.json"), "-o", str(tmp_path / "bad.yaml")]) == 1
     assert "not a Node-RED flows.json" in capsys.readouterr().err
+
+
+# ---- the imported 2023 export against the SMT sandbox, next to flows/smt.yaml ------------------------
+def _sandboxed_2023(env, ha_url: str) -> str:
+    """The imported 2023 flow with its settings pointed at the test's sandbox and services,
+    as a user edits them after an import (certificate paths, URLs, broker port, SMTP server).
+    Its Home Assistant state trigger becomes an mqtt-in (--ha-statestream)."""
+    from services import SMTP_PASSWORD, SMTP_USER
+    from smt_env import ESIID, METER, PASSWORD, USER
+
+    from meterflow.credentials import CredentialStore
+
+    text = imported(2023, ha_statestream="homeassistant").text
+    edits = [("https://services.smartmetertexas.net", env.sandbox.url),
+             ("    key: /ssl/privkey.pem\n", f"    key: {env.current_key}\n    ca: {env.sandbox.ca_path}\n"),
+             ("    key: /media/privkey.pem\n", f"    key: {env.previous_key}\n    ca: {env.sandbox.ca_path}\n"),
+             ("/ssl/fullchain.pem", env.current_cert), ("/media/fullchain.pem", env.previous_cert),
+             ("    host: 127.0.0.1\n", f"    host: 127.0.0.1\n    port: {env.mosquitto.port}\n"),
+             ("    host: smtp.email.com\n    port: 465\n", f"    host: 127.0.0.1\n    port: {env.smtp.implicit_port}\n"),
+             ("    url: http://supervisor/core\n", f"    url: {ha_url}\n")]
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    store = CredentialStore()
+    for field, value in (("username", USER), ("password", PASSWORD), ("esiid", ESIID), ("meternumber", METER)):
+        store.set("smt-2023-credentials", field, value)
+    store.set("smt-2023-smtp-email-com", "username", SMTP_USER)
+    store.set("smt-2023-smtp-email-com", "password", SMTP_PASSWORD)
+    store.set("smt-2023-home-assistant", "token", "ha-token")
+    return text
+
+
+@pytest.fixture
+def smt_pair(tmp_path, monkeypatch, mosquitto, smtp, http_recorder):
+    """Two sandboxes (one per flow) on the same broker, SMTP server and HA stand-in."""
+    pytest.importorskip("py_mini_racer")
+    from smt_env import smt_env
+
+    http_recorder.default = (200, {"Content-Type": "application/json"}, b"[]")
+    made = []
+
+    def make(sub: str):
+        (tmp_path / sub).mkdir()
+        env = smt_env(tmp_path / sub, monkeypatch, mosquitto, smtp, ha=http_recorder,
+                      support="support@smartmetertexas.com")
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.sandbox.stop()
+
+
+async def _run_imported(env, ha_url: str, minutes: float, on_turn_on=None):
+    from smt_env import start_of_minute_54
+
+    h = Harness(text=_sandboxed_2023(env, ha_url), file=str(env.tmp / "smt-2023.yaml"), env=env.env,
+                start_time=start_of_minute_54())
+    env.sandbox.clock = h.clock.time
+    async with h:
+        for _ in range(int(minutes * 6)):
+            await h.advance(10)
+            if on_turn_on is not None:
+                await on_turn_on()
+    return h
+
+
+async def _readings(env, run) -> list:
+    """MQTT readings and correlation ids while ``run()`` runs the flow."""
+    from services import Subscriber, until
+
+    sub = Subscriber(env.mosquitto.port, "smt/#")
+    try:
+        await run()
+        await until(lambda: any(t == "smt/correlationid" for t, _, _ in list(sub.got)), 10, "a reading")
+        await asyncio.sleep(0.3)  # real time for a (wrong) second publish to show up
+        with sub.lock:
+            return [(t, p, r) for t, p, r in sub.got if t in ("smt/reading", "smt/correlationid")]
+    finally:
+        sub.close()
+
+
+async def _smt_yaml(env, seconds: float = 120) -> None:
+    async with env.harness() as h:
+        await h.advance(seconds)
+
+
+async def test_imported_2023_flow_publishes_the_same_readings_as_smt_yaml(smt_pair, http_recorder):
+    ours = smt_pair("smt_yaml")
+    expected = await _readings(ours, lambda: _smt_yaml(ours))
+    retained = await ours.retained("smt/reading")
+    theirs = smt_pair("imported")  # (clears what the first run left retained on the broker)
+    got = await _readings(theirs, lambda: _run_imported(theirs, http_recorder.url, 2))
+    assert got == expected == [("smt/reading", b"23459.133", False), ("smt/correlationid", b"100001", False)]
+    assert await theirs.retained("smt/reading") == retained == [(b"23459.133", True)]
+    assert len(theirs.requests("odr")) == len(ours.requests("odr")) == 1
+    assert [r.status for r in theirs.requests()] == [200] * 4  # ODR, PEN, PEN, "0"
+
+
+def _ha_statestream(env, http_recorder, published: list):
+    """Home Assistant's mqtt_statestream, for the input_boolean the flow turns on."""
+    import paho.mqtt.client as paho
+
+    async def follow() -> None:
+        calls = [r for r in http_recorder.requests if r.path == "/api/services/input_boolean/turn_on"]
+        if calls and not published:
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+            c.connect("127.0.0.1", env.mosquitto.port)
+            c.loop_start()
+            c.publish("homeassistant/input_boolean/cert_updated/state", b"on").wait_for_publish(5)
+            c.loop_stop()
+            c.disconnect()
+            published.append(True)
+            await asyncio.sleep(0.5)  # the flow's subscription delivers on the real clock
+
+    return follow
+
+
+async def _certificate_mail(env, run) -> bytes:
+    from services import until
+
+    env.sandbox.unregister_client_cert(env.current_cert)  # SMT has not installed the renewal yet
+    before = len(env.emails())
+    await run()
+    await until(lambda: len(env.emails()) > before, 10, "the certificate email")
+    await asyncio.sleep(0.3)
+    [mail] = env.emails()[before:]
+    [att] = list(mail.iter_attachments())
+    assert att.get_filename() == "fullchain.pem"
+    assert {r.client_cert for r in env.requests()} == {env.previous_fp}  # every request fell back
+    return att.get_payload(decode=True)
+
+
+async def test_imported_2023_flow_emails_the_same_certificate_as_smt_yaml(smt_pair, http_recorder):
+    """SMT has not installed the renewed certificate: both flows fall back to the previous one,
+    read the meter, and e-mail the current certificate (the one SMT must install) to support."""
+    ours = smt_pair("smt_yaml")
+    ours_mail = await _certificate_mail(ours, lambda: _smt_yaml(ours))
+    theirs = smt_pair("imported")
+    published: list = []
+    theirs_mail = await _certificate_mail(
+        theirs, lambda: _run_imported(theirs, http_recorder.url, 2, _ha_statestream(theirs, http_recorder, published)))
+    assert published  # the imported flow turned HA's cert_updated on, and that triggered the e-mail
+    assert ours_mail == Path(ours.current_cert).read_bytes()
+    assert theirs_mail == Path(theirs.current_cert).read_bytes()

@@ -42,7 +42,7 @@ VOLATILE = {"id", "z", "x", "y", "wires", "g", "d", "info", "l", "w", "h"}
 
 HEADERS_ADAPTER_NAME = "msg.headers to request_headers"
 HEADERS_ADAPTER_RULES = [
-    {"move": "headers", "to": "request_headers", "to_type": "msg"},
+    {"move": "headers", "to": "request_headers"},
     {"delete": "request_headers.content-length"},
     {"delete": "request_headers.transfer-encoding"},
     {"delete": "request_headers.x-node-red-request-node"},
