@@ -139,6 +139,55 @@ def test_function_code_is_kept_byte_for_byte():
                 assert nodes[ids[nr["id"]]]["code"] == nr["func"]
 
 
+async def test_moment_becomes_date_format_and_converts_the_smt_read_date():
+    """The 2023 flow's moment node: SMT's readDate (M/D/Y, Chicago) -> YYYY-MM-DD HH:mm:ss for HA."""
+    nodes = nodes_of(imported(2023).text)
+    node = dict(nodes["date_format"], wires=["out"])
+    text = "meterflow: 1\nnodes:\n  - " + json.dumps(node) + "\n  - {id: out, type: junction}\n"
+    async with Harness(text=text) as h:
+        await h.send("date_format", {"payload": "04/04/2020 21:25:34"})
+        await h.send("date_format", {"payload": "12/31/2023 23:59:59"})
+        assert h.payloads("out") == ["2020-04-04 21:25:34", "2023-12-31 23:59:59"]
+
+
+async def test_date_format_inputs_outputs_zones_and_adjustments():
+    text = """meterflow: 1
+nodes:
+  - {id: iso, type: date-format, input_tz: America/Chicago, wires: [out]}
+  - {id: now, type: date-format, input_type: now, output_tz: UTC, format: "dddd Do MMMM YYYY, HH:mm:ss [UTC]", wires: [out]}
+  - id: week-ago
+    type: date-format
+    input: payload.when
+    input_tz: Europe/London
+    format: YYYY-MM-DD
+    adjust_amount: -7
+    adjust_unit: days
+    output: flow.last_week
+    topic: dates
+    wires: [out]
+  - {id: out, type: junction}
+"""
+    async with Harness(text=text, start_time=1_700_000_000) as h:  # 2023-11-14 22:13:20 UTC
+        await h.send("iso", {"payload": "04/04/2020 21:25:34"})
+        await h.send("now", {"payload": None})
+        await h.send("week-ago", {"payload": {"when": "2024-03-31T01:30:00"}})
+        await h.send("iso", {"payload": "not a date"})
+        await h.send("iso", {"payload": 1_586_053_534_000})
+        out = h.messages("out")
+        assert out[0]["payload"] == "2020-04-05T02:25:34.000Z"
+        assert out[1]["payload"] == "Tuesday 14th November 2023, 22:13:20 UTC"
+        assert h.flow_context.get("last_week") == "2024-03-24" and out[2]["topic"] == "dates"
+        assert out[3]["payload"] == ""  # with a warning, as the moment node
+        assert out[4]["payload"] == "2020-04-05T02:25:34.000Z"
+
+
+def test_date_format_checks_its_zones(tmp_path):
+    path = tmp_path / "d.yaml"
+    path.write_text("meterflow: 1\nnodes:\n  - {id: d, type: date-format, input_tz: Mars/Olympus}\n")
+    [problem] = load_flow(str(path), env={}, for_run=False).errors
+    assert "unknown time zone 'Mars/Olympus'" in problem.message
+
+
 def test_state_trigger_through_mqtt_statestream():
     nodes = nodes_of(imported(2023, ha_statestream="homeassistant").text)
     node = nodes["current_certificate_expired"]

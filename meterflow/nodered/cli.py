@@ -40,7 +40,7 @@ def _err(text: str) -> int:
 def cmd_import(args) -> int:
     from ..errors import FlowError
     from . import credentials as nrcreds
-    from .importer import ImportError_, import_flows
+    from .importer import FlowsJsonError, import_flows
 
     out = Path(args.output)
     if out.exists() and not args.force:
@@ -57,7 +57,7 @@ def cmd_import(args) -> int:
             secret = nrcreds.find_secret(args.credentials, args.secret_env)
             creds = nrcreds.load(args.credentials, secret)
         result = import_flows(flows, name=args.name or out.stem, creds=creds, ha_statestream=args.ha_statestream)
-    except (FlowError, ImportError_) as e:
+    except (FlowError, FlowsJsonError) as e:
         return _err(str(e))
     if result.secrets:
         from ..credentials import CredentialStore

@@ -130,7 +130,7 @@ class ImportResult:
     unsupported: list[str]  # ids of unsupported nodes
 
 
-class ImportError_(ValueError):
+class FlowsJsonError(ValueError):
     """flows.json is not something we can import (not a list of nodes, ...)."""
 
 
@@ -208,7 +208,7 @@ class Importer:
         if isinstance(flows, dict) and isinstance(flows.get("flows"), list):
             flows = flows["flows"]  # the admin API's {flows, rev}
         if not isinstance(flows, list) or not all(isinstance(n, dict) and "id" in n and "type" in n for n in flows):
-            raise ImportError_("not a Node-RED flows.json: expected a JSON array of nodes with 'id' and 'type'")
+            raise FlowsJsonError("not a Node-RED flows.json: expected a JSON array of nodes with 'id' and 'type'")
         self.raw = flows
         self.name = name
         self.creds = creds or {}
@@ -298,7 +298,7 @@ class Importer:
         if self.tab_filter:
             wanted = {tid for tid, t in tabs.items() if self.tab_filter in (tid, t.get("label"))}
             if not wanted:
-                raise ImportError_(f"no tab {self.tab_filter!r}; tabs: {', '.join(t.get('label', tid) for tid, t in tabs.items())}")
+                raise FlowsJsonError(f"no tab {self.tab_filter!r}; tabs: {', '.join(t.get('label', tid) for tid, t in tabs.items())}")
             nodes = [n for n in nodes if n.get("z") in wanted or not self.is_flow_node(n) and n.get("z") in (None, "", *wanted)]
         if groups:
             self.notes.append(f"{len(groups)} group(s) not imported: groups only arrange nodes in the editor")
