@@ -454,3 +454,16 @@ async def test_secret_named_context_values_are_redacted_and_jsonata_uses_engine_
         await h.send("s", {"payload": 0})
         assert h.payloads("o") == [1_800_000_001_000]
         assert redact.redact("Bearer eyJ-very-secret-token") == "Bearer ***"
+
+
+async def test_change_move_to_an_explicit_msg_path():
+    async with harness("""
+  - id: mv
+    type: change
+    rules: [{move: headers, to: request_headers, to_type: msg}]
+    wires: [o]
+  - {id: o, type: junction}
+""") as h:
+        await h.send("mv", {"payload": 1, "headers": {"a": "b"}})
+        [m] = h.messages("o")
+        assert m["request_headers"] == {"a": "b"} and "headers" not in m

@@ -184,7 +184,10 @@ class Change(Node):
             if current is MISSING:
                 return
             self._set(scope, path, MISSING, msg)
-            dest = compile_path(str(to)) if dest_scope == "msg" else compile_path(str(to), strip_msg=False)
+            if isinstance(to, tuple):  # already compiled (to_type: msg)
+                dest = to
+            else:
+                dest = compile_path(str(to)) if dest_scope == "msg" else compile_path(str(to), strip_msg=False)
             self._set(dest_scope, dest, current, msg)
         else:
             current = self._get(scope, path, msg)
