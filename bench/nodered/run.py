@@ -724,10 +724,15 @@ def build_rows(res: dict) -> list[list[str]]:
         i = res["idle"]
         ratio_row("idle_rss", f"idle RSS (one hourly cron; {res['idle_settle'] + res['idle_window']:.0f} s after start)", i["nodered"]["rss_mb"], i["meterflow"]["rss_mb"],
                   lambda mb: f"{mb:.1f} MB", TARGETS["idle_rss"])
-    if t:
-        peak = {e: max((t[w][e]["peak_rss_mb"], w) for w in t) for e in ("nodered", "meterflow")}
-        ratio_row("peak", f"peak RSS under load (max VmHWM; NR in {peak['nodered'][1]}, mf in {peak['meterflow'][1]})",
-                  peak["nodered"][0], peak["meterflow"][0], lambda mb: f"{mb:.0f} MB")
+    small = [w for w in ("chain", "fanout", "switch") if w in t]
+    if small:
+        peak = {e: max(t[w][e]["peak_rss_mb"] for w in small) for e in ("nodered", "meterflow")}
+        ratio_row("peak", f"peak RSS under load, small messages (max VmHWM: {', '.join(small)})",
+                  peak["nodered"], peak["meterflow"], lambda mb: f"{mb:.0f} MB")
+    if "fanout40k" in t:
+        ratio_row("peak40k", "peak RSS under load, 40 KB fan-out (3,000 clones in flight per batch)",
+                  t["fanout40k"]["nodered"]["peak_rss_mb"], t["fanout40k"]["meterflow"]["peak_rss_mb"],
+                  lambda mb: f"{mb:.0f} MB")
     if "delay" in t:
         nr, mf = t["delay"]["nodered"], t["delay"]["meterflow"]
         p = nr["params"]
@@ -757,6 +762,23 @@ def build_rows(res: dict) -> list[list[str]]:
     return rows
 
 
+def table_header(red_v: str) -> list[str]:
+    return ["workload", f"Node-RED {red_v}", "meterflow", "meterflow / Node-RED", "target", ""]
+
+
+def report(res: dict, red_v: str, node_v: str, quick: bool) -> str:
+    info = res["machine"]
+    rounds = params_for("chain", quick)["rounds"]
+    medians = f"medians of all measured repetitions, {rounds} fresh processes per engine and workload, alternating"
+    return "\n".join([
+        f"\nmeterflow vs Node-RED {red_v} (Node {node_v}); {medians}.",
+        "Ratios are costs (time, memory, timing error, wake-ups) meterflow / Node-RED: lower is better.\n",
+        common.table(build_rows(res), table_header(red_v)),
+        f"\n{info['nproc']} CPUs, {info['cpu']}, {info['memory']}, Linux {info['kernel']}, "
+        f"Python {info['python']}, Node {node_v}; load {info.get('load', '?')}, nice {info.get('nice', '?')}",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="N / 5 and 2 processes per engine (about 2 minutes)")
@@ -770,10 +792,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the raw results here too")
     ap.add_argument("--priority", action="store_true",
                     help="run both engines at nice -10 (needs root): steadier figures on a shared machine")
+    ap.add_argument("--table-from", metavar="FILE", help="print the table of a saved --json FILE and exit")
     ap.add_argument("--meterflow-worker", metavar="PARAMS", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.meterflow_worker:
         return meterflow_worker(args.meterflow_worker)
+    if args.table_from:
+        res = json.loads(Path(args.table_from).read_text())
+        m = res["machine"]
+        print(report(res, m["nodered"], m["node"], args.quick))
+        return 0
 
     t_begin = time.monotonic()
     if args.priority:
@@ -841,19 +869,14 @@ def main(argv: list[str] | None = None) -> int:
         run_throughput(args.profile, "meterflow", True, profile=str(out))
         print(f"  profile of {args.profile} written to {out}", file=sys.stderr)
 
-    rows = build_rows(res)
-    header = ["workload", f"Node-RED {red_v}", "meterflow", "meterflow / Node-RED", "target", ""]
-    rounds = params_for("chain", args.quick)["rounds"]
-    medians = f"medians of all measured repetitions, {rounds} fresh processes per engine and workload, alternating"
-    print(f"\nmeterflow vs Node-RED {red_v} (Node {node_v}); {medians}.\n"
-          "Ratios are costs (time, memory, timing error, wake-ups) meterflow / Node-RED: lower is better.\n")
-    print(common.table(rows, header))
     info["load"] = f"{load0:.2f} at start, {os.getloadavg()[0]:.2f} at end (1-min load average)"
     info["nice"] = str(os.getpriority(os.PRIO_PROCESS, 0))
-    print(f"\n{info['nproc']} CPUs, {info['cpu']}, {info['memory']}, Linux {info['kernel']}, "
-          f"Python {info['python']}, Node {node_v}; load {info['load']}, nice {info['nice']}; total {time.monotonic() - t_begin:.0f} s")
+    res["rows"] = build_rows(res)
+    print(report(res, red_v, node_v, args.quick))
+    print(f"total {time.monotonic() - t_begin:.0f} s")
+    rows = res["rows"]
+    header = table_header(red_v)
     (CACHE / "last-run.md").write_text(common.table(rows, header, markdown=True) + "\n")
-    res["rows"] = rows
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     (CACHE / "last-run.json").write_text(json.dumps(res, indent=1))
