@@ -143,8 +143,14 @@ def truthy(v: Any) -> bool:
     return True
 
 
+_PLAIN = {int: "n", float: "n", str: "s"}  # fast path: same-kind plain values compare as in Python
+
+
 def loose_eq(a: Any, b: Any) -> bool:
     """``a == b`` in JavaScript."""
+    ka, kb = _PLAIN.get(type(a)), _PLAIN.get(type(b))
+    if ka is not None and ka == kb:
+        return a == b
     ta, tb = js_type(a), js_type(b)
     if ta == tb:
         if ta == "object":
@@ -174,6 +180,8 @@ def _utf16(s: str) -> str | bytes:
 
 def _less(a: Any, b: Any) -> bool | None:
     """The Abstract Relational Comparison ``a < b``; None stands for JavaScript's undefined (NaN)."""
+    if _PLAIN.get(type(a)) == "n" and _PLAIN.get(type(b)) == "n":
+        return None if a != a or b != b else a < b  # x != x: NaN
     pa, pb = to_primitive(a), to_primitive(b)
     if isinstance(pa, str) and isinstance(pb, str):
         ka, kb = _utf16(pa), _utf16(pb)

@@ -189,11 +189,27 @@ _ATOMS = (str, int, float, bool, type(None), bytes)
 
 
 def _copy(v: Any) -> Any:
+    # Copy the container in C first, then revisit only the values that are containers
+    # themselves: messages are mostly flat, so this is several times faster than deepcopy.
     t = type(v)
     if t is dict:
-        return {k: (x if type(x) in _ATOMS else _copy(x)) for k, x in v.items()}
+        out = v.copy()
+        for k, x in out.items():
+            tx = type(x)
+            if tx is dict or tx is list:
+                out[k] = _copy(x)
+            elif tx not in _ATOMS:
+                out[k] = copy.deepcopy(x)
+        return out
     if t is list:
-        return [x if type(x) in _ATOMS else _copy(x) for x in v]
+        out = v.copy()
+        for i, x in enumerate(out):
+            tx = type(x)
+            if tx is dict or tx is list:
+                out[i] = _copy(x)
+            elif tx not in _ATOMS:
+                out[i] = copy.deepcopy(x)
+        return out
     if t in _ATOMS:
         return v
     return copy.deepcopy(v)
