@@ -19,9 +19,7 @@ pytest.importorskip("py_mini_racer")
 from meterflow.flowfile import load_flow  # noqa: E402
 from meterflow.testing import Harness  # noqa: E402
 
-REF = Path("/work/shared/reference")
-if not REF.exists():  # the repo's own copy, when the shared folder is elsewhere
-    REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data" / "nodered"
 
 
 def seed_code(year: int, node_id: str) -> str:

@@ -15,7 +15,7 @@ from meterflow.nodered import credentials as nrc
 NODE_VECTOR = {"$": "1ab29ea6dadcf25bdf2f391f6d00cb94gZnkwoJFKeecp2874qMpXU5KyVLngSYAscbG5u8aQ9Qg0yIUVguBeHKfUjMF"
                     "wCHOs8qZmJ9T1AXSCQvt"}
 
-SEED_2023 = Path(__file__).resolve().parents[2] / "shared" / "reference" / "smt-node-red-2023.json"
+SEED_2023 = Path(__file__).resolve().parent / "data" / "nodered" / "smt-node-red-2023.json"
 CREDS_NODE, EMAIL_NODE = "cbada3ec97e2ecbf", "752ce38662105084"
 
 

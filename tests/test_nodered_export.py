@@ -20,7 +20,7 @@ from meterflow.nodered.importer import HEADERS_ADAPTER_NAME, import_flows
 from meterflow.schema import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
-REF = ROOT.parent / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data" / "nodered"
 SEEDS = {year: json.loads((REF / f"smt-node-red-{year}.json").read_text()) for year in (2023, 2025)}
 NODE_RED = ROOT / "bench" / "nodered" / "cache" / "app" / "node_modules"
 

@@ -15,7 +15,7 @@ from meterflow.flowfile import load_flow
 from meterflow.nodered.importer import HA_DATA_ADAPTER_NAME, HEADERS_ADAPTER_NAME, import_flows
 from meterflow.testing import Harness
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REF = Path(__file__).resolve().parent / "data" / "nodered"
 SEEDS = {year: json.loads((REF / f"smt-node-red-{year}.json").read_text()) for year in (2023, 2025)}
 COMMENT = re.compile(r"- id: (\S+)\s+# nodered: (\S+)")
 
