@@ -239,19 +239,6 @@ class TlsProfile:
                         info.subject, info.not_after)
 
 
-_default_ctx: ssl.SSLContext | None = None
-
-
-def default_verify() -> tuple[int, ssl.SSLContext]:
-    """System trust store, no client certificate (requests without a profile)."""
-    global _default_ctx
-    if _default_ctx is None:
-        import ssl
-
-        _default_ctx = ssl.create_default_context()
-    return 0, _default_ctx
-
-
 class HttpClients:
     """One ``httpx.AsyncClient`` (a keep-alive pool) per context generation.
 
@@ -259,7 +246,7 @@ class HttpClients:
     as soon as the requests still using it finish.
     """
 
-    def __init__(self, verify: Callable[[], tuple[int, ssl.SSLContext]] = default_verify):
+    def __init__(self, verify: Callable[[], tuple[int, ssl.SSLContext]]):
         self._verify = verify
         self._client = None
         self._gen: int | None = None
@@ -296,3 +283,30 @@ class HttpClients:
         for c in clients:
             with contextlib.suppress(Exception):
                 await c.aclose()
+
+
+# ---- sharing -----------------------------------------------------------------------------------
+# Profiles with the same settings share one context and one connection pool per process: a
+# thousand meter instances of one flow load the CA file once and reuse keep-alive connections.
+_shared: dict[TlsSettings, list] = {}  # settings -> [TlsProfile, HttpClients, users]
+
+
+def acquire(settings: TlsSettings, name: str) -> tuple[TlsProfile, HttpClients]:
+    """The shared profile and clients for ``settings`` (``TlsSettings()``: system trust, no
+    client certificate); pair every call with :func:`release`."""
+    entry = _shared.get(settings)
+    if entry is None:
+        profile = TlsProfile(settings, name=name)
+        entry = _shared[settings] = [profile, HttpClients(profile.current), 0]
+    entry[2] += 1
+    return entry[0], entry[1]
+
+
+async def release(settings: TlsSettings) -> None:
+    entry = _shared.get(settings)
+    if entry is None:
+        return
+    entry[2] -= 1
+    if entry[2] <= 0:
+        del _shared[settings]
+        await entry[1].aclose()

@@ -25,7 +25,7 @@ from __future__ import annotations
 from .. import redact
 from ..node import Node
 from ..schema import Field
-from ..tlsprofile import TLS_VERSIONS, HttpClients, TlsFileError, TlsProfile, TlsSettings, build_context
+from ..tlsprofile import TLS_VERSIONS, TlsFileError, TlsSettings, acquire, build_context, release
 
 
 class TlsProfileNode(Node):
@@ -63,8 +63,8 @@ class TlsProfileNode(Node):
         settings = TlsSettings.from_config(self.config)
         if settings.key_passphrase:
             redact.add(settings.key_passphrase)
-        self.profile = TlsProfile(settings, name=self.id)
-        self.clients = HttpClients(self.profile.current)
+        self.settings = settings
+        self.profile, self.clients = acquire(settings, self.id)
         if not settings.verify:
             self.warn("verify is off: the server's certificate is not checked")
 
@@ -76,7 +76,7 @@ class TlsProfileNode(Node):
         self.profile.context()  # a bad file stops the start with a message naming it
 
     async def stop(self) -> None:
-        await self.clients.aclose()
+        await release(self.settings)
 
 
 NODE_TYPES = [TlsProfileNode]

@@ -178,26 +178,23 @@ class TlsRequest(Node):
             self.retry_on = set(retry["on"])
         else:
             self.attempts, self.retry_on = 1, set()
-        self.profile_node = self._profile(c["tls"]) if c.get("tls") else None
+        self.profile_node = self.config_node(c["tls"]) if c.get("tls") else None
         if self.profile_node is not None:
             self.clients = self.profile_node.clients
-            self._own_clients = None
+            self._shared = None
         else:
-            from ..tlsprofile import HttpClients
+            from ..tlsprofile import TlsSettings, acquire
 
-            self.clients = self._own_clients = HttpClients()
+            self._shared = TlsSettings()  # system trust store, no client certificate
+            _, self.clients = acquire(self._shared, "default")
         self._warned_url = False
         self._failing = False
 
-    def _profile(self, node_id: str):
-        try:
-            return self.config_node(node_id)
-        except (AttributeError, KeyError):  # engines without a config-node index
-            return self.flow.engine.find(node_id)
-
     async def stop(self) -> None:
-        if self._own_clients is not None:
-            await self._own_clients.aclose()
+        if self._shared is not None:
+            from ..tlsprofile import release
+
+            await release(self._shared)
 
     @staticmethod
     def _auth_header(auth: dict | None) -> str | None:
