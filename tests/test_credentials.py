@@ -66,8 +66,7 @@ def test_first_set_creates_a_0600_key_file_and_an_encrypted_0600_store(private_s
 
 def test_values_read_are_redacted():
     CredentialStore().set("mqtt", "password", "broker-pass-123")
-    redact._secrets.discard("broker-pass-123")  # as in a fresh process
-    redact._pattern = None
+    redact.forget("broker-pass-123")  # as in a fresh process
     assert CredentialStore().get("mqtt", "password") == "broker-pass-123"
     assert redact.redact("login with broker-pass-123") == "login with ***"
 
