@@ -331,10 +331,23 @@ class CredentialStore:
 
 
 # ---- ${creds:NAME.FIELD} ------------------------------------------------------------------------
+_default_stores: dict[tuple, CredentialStore] = {}
+
+
+def default_store() -> CredentialStore:
+    """The store the environment names, shared in the process: it is parsed once and re-read
+    only when the file changes, however many nodes and instances read from it."""
+    key = tuple(os.environ.get(v) for v in (STORE_ENV, KEY_FILE_ENV, KEY_ENV, "XDG_CONFIG_HOME"))
+    store = _default_stores.get(key)
+    if store is None:
+        store = _default_stores[key] = CredentialStore()
+    return store
+
+
 def resolve(ref: str, store: CredentialStore | None = None) -> str:
     """The value for ``${creds:NAME.FIELD}``; raises CredentialsError with a message for the user."""
     name, field = split_ref(ref)
-    return (store or CredentialStore()).get(name, field)
+    return (store or default_store()).get(name, field)
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ class _Loader:
                 self.spec.problems.append(Problem(file, 1, 1, f"cannot read flow file: {reason}"))
                 return None
         try:
-            doc = yamlpos.load(text, file)
+            doc = _parse(text, file)
         except yamlpos.YamlError as e:
             self.spec.problems.append(Problem(file, e.line, e.col, e.message))
             return None
@@ -182,16 +183,44 @@ class _Loader:
     # ---- one node ----------------------------------------------------------------------
     def node(self, doc, path: tuple, raw: dict, in_config: bool) -> None:
         problems: list[tuple[tuple, str]] = []
+        original = raw
         schemes = self.registry.substitutions
         n = len(path)
         quoted = {q[n:] for q in doc.quoted if q[:n] == path}
         if "disabled" in raw:
-            raw = dict(raw, disabled=substitute_tree(raw["disabled"], ("disabled",), problems, self.env, {}, quoted))
-            if raw["disabled"] is True:
+            disabled = substitute_tree(raw["disabled"], ("disabled",), problems, self.env, {}, quoted)
+            if disabled is not raw["disabled"]:
+                raw = dict(raw, disabled=disabled)
+            if disabled is True:
                 # A disabled node is not created: do not require its secrets (e.g. an
                 # unconfigured Home Assistant server in a shared flow).
                 schemes = dict.fromkeys(schemes)
         raw = substitute_tree(raw, (), problems, self.env, schemes, quoted)
+        # The environment changed nothing in this node: reuse what an earlier load of the
+        # same document built (many instances of one flow, or check then run).
+        key = (id(raw), id(self.registry), in_config)
+        hit = _built.get(key) if raw is original else None
+        if hit is not None and hit[0] is raw:
+            built, own = hit[1]
+        else:
+            own: list[tuple[tuple, str]] = []
+            built = self.build(raw, in_config, path, own)
+            if raw is original:
+                _built[key] = (raw, (built, own))
+                if len(_built) > 4096:
+                    _built.pop(next(iter(_built)))
+        for sub, msg in problems + own:
+            severity = "error"
+            if msg.startswith("warning: "):  # a node's check() may downgrade a problem
+                severity, msg = "warning", msg[len("warning: "):]
+            elif msg.startswith("missing: "):  # not set up on this machine yet: fatal only for run
+                severity, msg = ("error" if self.for_run else "warning"), msg[len("missing: "):]
+            self.problem(doc, path + tuple(sub), msg, severity, key=bool(sub) and "unknown field" in msg)
+        if built is not None:
+            self.spec.nodes.append(NodeSpec(*built, doc, path))
+
+    def build(self, raw: dict, in_config: bool, path: tuple, problems: list) -> tuple | None:
+        """NodeSpec fields (without doc and path) from a substituted mapping, or None."""
         node_id, type_name = raw.get("id"), raw.get("type")
         ok = True
         if not isinstance(node_id, str) or not node_id:
@@ -236,16 +265,9 @@ class _Loader:
                     wires = self.wires(raw["wires"], cls, config, problems)
         if cls is None and "wires" in raw:
             wires = [_all_ids(raw["wires"])]  # still check the ids of an unknown type's wires
-        for sub, msg in problems:
-            severity = "error"
-            if msg.startswith("warning: "):  # a node's check() may downgrade a problem
-                severity, msg = "warning", msg[len("warning: "):]
-            elif msg.startswith("missing: "):  # not set up on this machine yet: fatal only for run
-                severity, msg = ("error" if self.for_run else "warning"), msg[len("missing: "):]
-            self.problem(doc, path + tuple(sub), msg, severity, key=bool(sub) and "unknown field" in msg)
-        if ok:
-            self.spec.nodes.append(NodeSpec(node_id, type_name if isinstance(type_name, str) else "?", name,
-                                            config, wires, disabled, cls, doc, path))
+        if not ok:
+            return None
+        return (node_id, type_name if isinstance(type_name, str) else "?", name, config, wires, disabled, cls)
 
     def wires(self, raw: Any, cls, config: dict, problems: list) -> list[list[str]]:
         try:
@@ -356,6 +378,17 @@ class _Loader:
         if isinstance(raw, list) and out < len(raw):
             return (out,) if isinstance(raw[out], str) else (out, j)
         return ()
+
+
+#: (id of a node mapping, id of the registry, in config:) -> (mapping, (NodeSpec fields, problems))
+_built: dict[tuple, tuple] = {}
+
+
+@lru_cache(maxsize=16)
+def _parse(text: str, file: str) -> yamlpos.Document:
+    """Parsed once per text: instances of one flow share the document and its marks.
+    (Nothing mutates a Document after loading; node configs are built as copies.)"""
+    return yamlpos.load(text, file)
 
 
 def _all_ids(value: Any) -> list[str]:

@@ -85,8 +85,12 @@ def substitute_tree(value: Any, path: tuple, problems: list, env=None, schemes=N
         except Unresolved as e:
             problems.append((path, f"missing: {e}" if e.secret else str(e)))
             return value
+    # A subtree without references is returned as it is, not copied: the instances of one
+    # flow then share everything the environment does not change.
     if isinstance(value, dict):
-        return {k: substitute_tree(v, path + (k,), problems, env, schemes, quoted) for k, v in value.items()}
+        out = {k: substitute_tree(v, path + (k,), problems, env, schemes, quoted) for k, v in value.items()}
+        return value if all(out[k] is value[k] for k in value) else out
     if isinstance(value, list):
-        return [substitute_tree(v, path + (i,), problems, env, schemes, quoted) for i, v in enumerate(value)]
+        items = [substitute_tree(v, path + (i,), problems, env, schemes, quoted) for i, v in enumerate(value)]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     return value

@@ -61,9 +61,9 @@ class CredentialsNode(Node):
         return problems
 
     def setup(self) -> None:
-        from ..credentials import CredentialStore
+        from ..credentials import default_store
 
-        self.store = CredentialStore()
+        self.store = default_store()
         self.credential = self.config["credential"]
         self.targets = [(split_target(str(t)), f) for t, f in self.config["fields"].items()]
 
