@@ -144,8 +144,9 @@ def build_context(s: TlsSettings) -> tuple[ssl.SSLContext, Material]:
     import ssl
 
     info = check_files(s)
-    ctx = ssl.create_default_context()
-    if s.ca:
+    if not s.ca:
+        ctx = ssl.create_default_context()  # ~20 ms and ~1 MB: only when the system store is used
+    else:
         # Like Node-RED's tls-config: a CA given replaces the system trust store.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         try:
@@ -286,27 +287,27 @@ class HttpClients:
 
 
 # ---- sharing -----------------------------------------------------------------------------------
-# Profiles with the same settings share one context and one connection pool per process: a
-# thousand meter instances of one flow load the CA file once and reuse keep-alive connections.
-_shared: dict[TlsSettings, list] = {}  # settings -> [TlsProfile, HttpClients, users]
+# Profiles with the same settings share one context per process: a thousand meter instances
+# of one flow load the CA file once.
+_shared: dict[TlsSettings, list] = {}  # settings -> [TlsProfile, users]
 
 
 def acquire(settings: TlsSettings, name: str) -> tuple[TlsProfile, HttpClients]:
-    """The shared profile and clients for ``settings`` (``TlsSettings()``: system trust, no
-    client certificate); pair every call with :func:`release`."""
+    """The shared profile for ``settings`` (``TlsSettings()``: system trust, no client
+    certificate) and a connection pool of the caller's own; pair with :func:`release`.
+    (One pool shared by many instances is slower: httpcore matches every queued request
+    against every connection.)"""
     entry = _shared.get(settings)
     if entry is None:
-        profile = TlsProfile(settings, name=name)
-        entry = _shared[settings] = [profile, HttpClients(profile.current), 0]
-    entry[2] += 1
-    return entry[0], entry[1]
+        entry = _shared[settings] = [TlsProfile(settings, name=name), 0]
+    entry[1] += 1
+    return entry[0], HttpClients(entry[0].current)
 
 
-async def release(settings: TlsSettings) -> None:
+async def release(settings: TlsSettings, clients: HttpClients) -> None:
+    await clients.aclose()
     entry = _shared.get(settings)
-    if entry is None:
-        return
-    entry[2] -= 1
-    if entry[2] <= 0:
-        del _shared[settings]
-        await entry[1].aclose()
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _shared[settings]

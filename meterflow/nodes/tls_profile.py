@@ -76,7 +76,7 @@ class TlsProfileNode(Node):
         self.profile.context()  # a bad file stops the start with a message naming it
 
     async def stop(self) -> None:
-        await release(self.settings)
+        await release(self.settings, self.clients)
 
 
 NODE_TYPES = [TlsProfileNode]

@@ -194,7 +194,7 @@ class TlsRequest(Node):
         if self._shared is not None:
             from ..tlsprofile import release
 
-            await release(self._shared)
+            await release(self._shared, self.clients)
 
     @staticmethod
     def _auth_header(auth: dict | None) -> str | None:
