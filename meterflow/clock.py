@@ -111,6 +111,7 @@ class VirtualClock(Clock):
     """
 
     def __init__(self, start: float = 1_700_000_000.0):
+        self.start = start
         self._now = start
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()

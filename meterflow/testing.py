@@ -124,6 +124,21 @@ class Harness:
             raise KeyError(f"no node {node_id!r} in this flow")
         return self.received[node_id]
 
+    def watch(self, node_id: str) -> list[tuple[float, object]]:
+        """A list that fills with ``(virtual seconds since the start, payload)`` for every
+        message reaching ``node_id`` from now on: for asserting on timing."""
+        seen: list = []
+        node = self.node(node_id)
+        inner = node.on_input
+        start = self.clock.start
+
+        def timed(msg):
+            seen.append((round(self.clock.time() - start, 6), msg.get("payload")))
+            return inner(msg)
+
+        node.on_input = timed
+        return seen
+
     def payloads(self, node_id: str) -> list:
         return [m.get("payload") for m in self.messages(node_id)]
 

@@ -4,21 +4,6 @@ import logging
 
 import pytest
 
-T0 = 1_700_000_000.0
-
-
-def arrivals(h, node_id="out"):
-    """(virtual time since start, payload) of every message reaching ``node_id``."""
-    seen: list = []
-    node = h.node(node_id)
-    inner = node.on_input
-
-    def record(msg):
-        seen.append((round(h.clock.time() - T0, 6), msg.get("payload")))
-        return inner(msg)
-
-    node.on_input = record
-    return seen
 
 
 def flow_text(delay_fields: str, extra: str = "") -> str:
@@ -42,7 +27,7 @@ def flow_text(delay_fields: str, extra: str = "") -> str:
 
 async def test_fixed_three_minutes(flow):
     async with flow(flow_text("    delay: 3m")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         sent = h.inject("d", {"payload": {"n": 1}, "topic": "t"})
         await h.advance(10)
         h.inject("d", {"payload": 2})
@@ -61,7 +46,7 @@ async def test_fixed_three_minutes(flow):
 
 async def test_msg_delay_in_ms(flow):
     async with flow(flow_text("    from_msg: true\n    delay: 5s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("d", {"payload": "a", "delay": 1500})
         h.inject("d", {"payload": "b", "delay": "250"})  # parseFloat of text
         h.inject("d", {"payload": "c", "delay": "soon"})  # not a number: the configured 5 s
@@ -77,7 +62,7 @@ async def test_random_within_bounds(flow, monkeypatch):
     draws = iter([0.0, 0.5, 0.999999])
     monkeypatch.setattr(delay_mod.random, "random", lambda: next(draws))
     async with flow(flow_text("    random: true\n    min: 2s\n    max: 6s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for p in ("lo", "mid", "hi"):
             h.inject("d", {"payload": p})
         await h.advance(10)
@@ -86,7 +71,7 @@ async def test_random_within_bounds(flow, monkeypatch):
 
 async def test_random_real_draws_stay_in_bounds(flow):
     async with flow(flow_text("    random: true\n    min: 1s\n    max: 2s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for i in range(40):
             h.inject("d", {"payload": i})
         await h.advance(3)
@@ -96,7 +81,7 @@ async def test_random_real_draws_stay_in_bounds(flow):
 
 async def test_rate_queue_spacing_and_clones(flow):
     async with flow(flow_text("    mode: rate\n    rate: 2\n    per: 1m")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         originals = [h.inject("d", {"payload": i}) for i in range(4)]
         await h.settle()
         for m in originals:
@@ -114,7 +99,7 @@ async def test_rate_queue_spacing_and_clones(flow):
 
 async def test_rate_drop(flow):
     async with flow(flow_text("    mode: rate\n    rate: 1\n    per: 1s\n    drop: true")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for i in range(3):
             h.inject("d", {"payload": i})
         await h.advance(0.5)
@@ -151,7 +136,7 @@ async def test_rate_drop_to_second_output(flow):
 
 async def test_per_topic_queue_keeps_latest_and_ticks_from_start(flow):
     async with flow(flow_text("    mode: rate\n    per: 1s\n    per_topic: queue")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         await h.advance(0.25)
         h.inject("d", {"topic": "a", "payload": 1})
         h.inject("d", {"topic": "b", "payload": 1})
@@ -166,7 +151,7 @@ async def test_per_topic_queue_keeps_latest_and_ticks_from_start(flow):
 
 async def test_per_topic_timed_sends_all_each_interval(flow):
     async with flow(flow_text("    mode: rate\n    per: 2s\n    per_topic: timed")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         await h.advance(3)
         for t, p in (("a", 1), ("b", 1), ("a", 2)):
             h.inject("d", {"topic": t, "payload": p})
@@ -179,7 +164,7 @@ async def test_per_topic_timed_sends_all_each_interval(flow):
 
 async def test_reset_drops_everything_and_itself(flow):
     async with flow(flow_text("    delay: 1m")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for i in range(3):
             h.inject("d", {"payload": i})
         await h.advance(5)
@@ -195,7 +180,7 @@ async def test_reset_drops_everything_and_itself(flow):
 
 async def test_flush_all_and_flush_n(flow):
     async with flow(flow_text("    delay: 1m")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for i in range(4):
             h.inject("d", {"payload": i})
         await h.advance(1)
@@ -213,7 +198,7 @@ async def test_flush_all_and_flush_n(flow):
 
 async def test_rate_flush_and_reset(flow):
     async with flow(flow_text("    mode: rate\n    per: 10s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         for i in range(4):
             h.inject("d", {"payload": i})
         await h.advance(1)
@@ -237,7 +222,7 @@ async def test_rate_flush_and_reset(flow):
 async def test_stop_releases_held_messages_and_logs(flow, caplog):
     h = flow(flow_text("    delay: 3m"))
     await h.start()
-    seen = arrivals(h)
+    seen = h.watch("out")
     h.inject("d", {"payload": 1})
     h.inject("d", {"payload": 2})
     await h.advance(60)

@@ -2,20 +2,6 @@
 
 import pytest
 
-T0 = 1_700_000_000.0
-
-
-def arrivals(h, node_id="out"):
-    seen: list = []
-    node = h.node(node_id)
-    inner = node.on_input
-
-    def record(msg):
-        seen.append((round(h.clock.time() - T0, 6), msg.get("payload")))
-        return inner(msg)
-
-    node.on_input = record
-    return seen
 
 
 def text(fields: str, wires: str = "[out]") -> str:
@@ -35,7 +21,7 @@ def text(fields: str, wires: str = "[out]") -> str:
 
 async def test_defaults_send_1_then_0_after_250ms(flow):
     async with flow(text("    per_topic: false")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": "x", "topic": "door"})
         await h.advance(0.249)
         assert seen == [(0.0, "1")]
@@ -46,7 +32,7 @@ async def test_defaults_send_1_then_0_after_250ms(flow):
 
 async def test_basic_ignores_messages_while_running(flow):
     async with flow(text('    first: "on"\n    second: "off"\n    duration: 5m')) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": 1})
         await h.advance(60)
         h.inject("t", {"payload": 2})  # running, not extending: ignored
@@ -63,7 +49,7 @@ async def test_typed_values_and_payload_types(flow):
     second_type: json
     duration: 2s"""
     async with flow(text(fields)) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": {"kw": 3}})
         await h.advance(2)
         assert seen == [(0.0, {"kw": 3}), (2.0, {"state": "idle"})]
@@ -75,7 +61,7 @@ async def test_extend_restarts_and_second_is_built_from_latest(flow):
     duration: 10s
     extend: true"""
     async with flow(text(fields)) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": 1, "topic": "a", "n": 1})
         await h.advance(6)
         h.inject("t", {"payload": 2, "topic": "b", "n": 2})
@@ -91,14 +77,14 @@ async def test_extend_restarts_and_second_is_built_from_latest(flow):
 
 async def test_second_latest_and_payload(flow):
     async with flow(text("    first: go\n    second_type: latest\n    duration: 5s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": "a"})
         await h.advance(1)
         h.inject("t", {"payload": "b"})
         await h.advance(5)
         assert seen == [(0.0, "go"), (5.0, "b")]
     async with flow(text("    first: go\n    second_type: payload\n    duration: 5s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": "a"})
         await h.advance(1)
         h.inject("t", {"payload": "b"})
@@ -111,7 +97,7 @@ async def test_block_until_reset(flow):
     block: true
     reset_value: recovered"""
     async with flow(text(fields)) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": "down"})
         for i in range(3):
             await h.advance(3600)
@@ -128,7 +114,7 @@ async def test_block_until_reset(flow):
 
 async def test_reset_by_msg_reset_cancels_second(flow):
     async with flow(text("    duration: 10s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": 1})
         await h.advance(5)
         h.inject("t", {"reset": True})
@@ -141,7 +127,7 @@ async def test_reset_by_msg_reset_cancels_second(flow):
 
 async def test_numeric_reset_value_compares_as_text(flow):
     async with flow(text("    block: true\n    reset_value: 0")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": 5})
         h.inject("t", {"payload": 0})
         h.inject("t", {"payload": 7})
@@ -155,7 +141,7 @@ async def test_per_topic(flow):
     duration: 10s
     per_topic: true"""
     async with flow(text(fields)) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": "a1", "topic": "a"})
         await h.advance(2)
         h.inject("t", {"payload": "b1", "topic": "b"})
@@ -176,7 +162,7 @@ async def test_second_output(flow):
 
 async def test_loop_until_reset(flow):
     async with flow(text("    first: ping\n    loop: true\n    duration: 30s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": None})
         await h.advance(95)
         h.inject("t", {"reset": True})
@@ -187,7 +173,7 @@ async def test_loop_until_reset(flow):
 
 async def test_delay_from_msg(flow):
     async with flow(text("    delay_from_msg: true\n    duration: 10s")) as h:
-        seen = arrivals(h)
+        seen = h.watch("out")
         h.inject("t", {"payload": 1, "delay": 1500})
         await h.advance(2)
         assert seen == [(0.0, "1"), (1.5, "0")]
