@@ -5,7 +5,6 @@ import logging
 import pytest
 
 
-
 def flow_text(delay_fields: str, extra: str = "") -> str:
     return f"""nodes:
   - id: d

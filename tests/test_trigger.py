@@ -3,7 +3,6 @@
 import pytest
 
 
-
 def text(fields: str, wires: str = "[out]") -> str:
     return f"""nodes:
   - id: t
