@@ -229,3 +229,46 @@ async def test_mqtt5_with_birth_and_will(mosquitto):
     finally:
         sub.close()
     assert [(t, p) for t, p, _ in sub.got] == [("meter/v5/status", b"online"), ("meter/v5/reading", b'{"kwh":7}')]
+
+
+async def test_brokers_past_file_number_1024_deliver_without_a_thread_each(mosquitto):
+    """paho's own thread loop waits in select(), which fails for file numbers >= 1024; an
+    aggregator with hundreds of meters in one process got there.  Fill the low numbers,
+    then run 20 brokers: every reading arrives, and no thread was started per broker."""
+    import resource
+    import threading
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1400:
+        pytest.skip(f"needs 1400 open files, the limit is {soft}")
+    sub = Subscriber(mosquitto.port, "meter/fd/#")  # a paho thread itself: before the filling
+    filler = []
+    while not filler or filler[-1] < 1030:
+        filler.append(os.open(os.devnull, os.O_RDONLY))
+    config = "".join(f"""  - id: broker{i}
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: {mosquitto.port}
+""" for i in range(20))
+    nodes = "".join(f"""  - id: out{i}
+    type: mqtt-out
+    broker: broker{i}
+    topic: meter/fd/{i}
+    qos: 1
+""" for i in range(20))
+    def paho_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("paho-mqtt-client")]
+
+    try:
+        async with Harness(text=f"meterflow: 1\nconfig:\n{config}nodes:\n{nodes}") as h:
+            for i in range(20):
+                await h.send(f"out{i}", {"payload": i})
+            await until(lambda: all(h.node(f"out{i}").outbox.delivered == 1 for i in range(20)),
+                        what="20 PUBACKs on high file numbers")
+            assert len(paho_threads()) == 1  # the test's subscriber; none for the 20 brokers
+        await until(lambda: len(sub.got) == 20)
+        assert sorted(int(p) for _, p, _ in sub.got) == list(range(20))
+    finally:
+        sub.close()
+        for fd in filler:
+            os.close(fd)

@@ -349,6 +349,11 @@ async def _run_imported(env, ha_url: str, minutes: float, on_turn_on=None):
                 start_time=start_of_minute_54())
     env.sandbox.clock = h.clock.time
     async with h:
+        if on_turn_on is not None:  # HA's state arrives over MQTT: be subscribed before it is sent
+            from services import until
+
+            brokers = [n for n in h.flow.nodes.values() if n.type == "mqtt-broker"]
+            await until(lambda: all(b.connected for b in brokers), what="the flow's MQTT connection")
         for _ in range(int(minutes * 6)):
             await h.advance(10)
             if on_turn_on is not None:

@@ -39,9 +39,9 @@ reconnect.  A QoS 1/2 message counts as delivered only on the broker's PUBACK/PU
 Node-RED does: ``None`` -> empty, bytes as they are, dicts and lists as JSON, numbers and
 booleans as JavaScript prints them.
 
-paho-mqtt 2.x runs its network loop on its own thread (``loop_start``, reconnecting with
-a doubling delay between ``reconnect_min`` and ``reconnect_max``); its callbacks hop onto
-the event loop with ``call_soon_threadsafe``.
+paho-mqtt 2.x runs on the engine's event loop (:mod:`meterflow.mqttloop`), not on a
+thread per broker, so one process can hold thousands of connections; it reconnects with
+a doubling, jittered delay between ``reconnect_min`` and ``reconnect_max``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from typing import Any
 
 from .. import redact
 from ..errors import ConfigError, ConnectError, FlowError, ParseError
+from ..mqttloop import Link
 from ..node import Node
 from ..outbox import FIELDS as OUTBOX_FIELDS
 from ..outbox import Item, Outbox, OutputNode, Retry, for_node, tls_context
@@ -127,8 +128,8 @@ class MqttBroker(Node):
         if self.config.get("password"):
             redact.add(self.config["password"])
         self.client = None
+        self.link: Link | None = None
         self.connected = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, tuple[asyncio.Future, int]] = {}  # mid -> (future, qos)
         self._listeners: list[Callable[[bool], None]] = []  # called with True/False on (dis)connect
         self._subs: dict[str, tuple[int, list[Callable[[Any], None]]]] = {}
@@ -144,7 +145,6 @@ class MqttBroker(Node):
         import paho.mqtt.client as mqtt
 
         c = self.config
-        self._loop = asyncio.get_running_loop()
         protocol = {"3.1": mqtt.MQTTv31, "3.1.1": mqtt.MQTTv311, "5": mqtt.MQTTv5}[c["protocol"]]
         client_id = c.get("client_id") or f"meterflow-{secrets.token_hex(4)}"
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
@@ -152,8 +152,6 @@ class MqttBroker(Node):
             kwargs["clean_session"] = c["clean_session"]
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, **kwargs)
         client.max_inflight_messages_set(int(c["max_inflight"]))
-        client.reconnect_delay_set(max(1, round(parse_duration(c["reconnect_min"]))),
-                                   max(1, round(parse_duration(c["reconnect_max"]))))
         if c.get("username"):
             client.username_pw_set(c["username"], c.get("password"))
         if c.get("tls"):
@@ -164,7 +162,6 @@ class MqttBroker(Node):
             client.will_set(w["topic"], encode_payload(w.get("payload")), w.get("qos", 0), w.get("retain", False))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_connect_fail = self._on_connect_fail
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self.client = client
@@ -172,10 +169,13 @@ class MqttBroker(Node):
         connect_kw: dict[str, Any] = {}
         if protocol == mqtt.MQTTv5:
             connect_kw["clean_start"] = c["clean_session"]
-        # connect_async + loop_start: the first connection is retried like any reconnect,
-        # so a broker that is down at start does not fail the flow.
-        client.connect_async(c["host"], port, keepalive=max(1, round(parse_duration(c["keepalive"]))), **connect_kw)
-        client.loop_start()
+        keepalive = max(1, round(parse_duration(c["keepalive"])))
+        client.connect_async(c["host"], port, keepalive=keepalive, **connect_kw)
+        # The first connection is retried like any reconnect: a broker that is down at
+        # start does not fail the flow.
+        self.link = Link(client, keepalive, max(0.1, parse_duration(c["reconnect_min"])),
+                         parse_duration(c["reconnect_max"]), self._failed)
+        self.link.start()
 
     async def stop(self) -> None:
         client = self.client
@@ -184,37 +184,30 @@ class MqttBroker(Node):
         self._stopping = True
         close = self.config.get("close")
         if close and self.connected:
-            info = client.publish(close["topic"], encode_payload(close.get("payload")), close.get("qos", 0),
-                                  close.get("retain", False))
             try:
-                await asyncio.to_thread(info.wait_for_publish, 2.0)
-            except (RuntimeError, ValueError):
+                await asyncio.wait_for(self.publish(close["topic"], encode_payload(close.get("payload")),
+                                                    close.get("qos", 0), close.get("retain", False)), 2.0)
+            except (TimeoutError, Retry, FlowError, asyncio.CancelledError):
                 pass
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+        await self.link.stop()
         self.client = None
         self.connected = False
         for fut, _ in self._pending.values():
             fut.cancel()
         self._pending.clear()
 
-    # ---- paho callbacks (paho's thread) -> event loop ---------------------------------------
+    # ---- paho callbacks: called by paho on the event loop, inside its read/write handling,
+    # so the work is deferred to a fresh loop iteration instead of re-entering paho.
     def _call(self, fn, *args) -> None:
-        loop = self._loop
+        loop = self.link.loop if self.link is not None else None
         if loop is not None and not loop.is_closed():
-            try:
-                loop.call_soon_threadsafe(fn, *args)
-            except RuntimeError:  # loop closing
-                pass
+            loop.call_soon(fn, *args)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         self._call(self._connected, not reason_code.is_failure, str(reason_code))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._call(self._disconnected, str(reason_code))
-
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._call(self._failed, "connection failed")
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._call(self._acked, mid, reason_code.is_failure if hasattr(reason_code, "is_failure") else False,
@@ -229,11 +222,14 @@ class MqttBroker(Node):
         return f"{c['host']}:{c.get('port') or (8883 if c.get('tls') else 1883)}"
 
     def _connected(self, ok: bool, reason: str) -> None:
+        if self.client is None:  # stopped meanwhile
+            return
         if not ok:
             self._failed(f"broker refused the connection: {reason}")
             return
         self.connected = True
         self.generation += 1
+        self.link.connected()
         self._last_error = None
         self.log.info("[%s] connected to %s%s", self.id, self._where(), " again" if self._ever_connected else "")
         self._ever_connected = True
