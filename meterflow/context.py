@@ -3,7 +3,7 @@
 As in Node-RED, context holds references (no copies) and keys are property paths
 (``flow.set("smt.correlationId", ...)``).  The file store keeps everything in memory,
 marks a scope dirty on change and writes it atomically (temp file + rename) soon after
-(``flush``, default 1 s, coalesced) and at shutdown, so a restart picks up where the
+(``flush``, default 1 s, coalesced, off the event loop) and at shutdown, so a restart picks up where the
 last run stopped: a pending SMT read resumes polling instead of asking for a new one.
 """
 
@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,15 @@ class Context:
         return get(self.data, key, default)
 
     def set(self, key: str, value: Any) -> None:
-        if isinstance(value, str) and redact.is_secret_name(key if isinstance(key, str) else str(key[-1])):
-            redact.add(value)  # e.g. flow.set("token", ...): masked in every log and trace
+        if redact.is_secret_name(key if isinstance(key, str) else str(key[-1])):
+            # e.g. flow.set("token", ...): masked in every log and trace while it is held; the
+            # token it replaces is let go, or an hourly renewal would grow the set for years.
+            old = get(self.data, key, None)
+            if old != value:
+                if isinstance(value, str):
+                    redact.add(value)
+                if isinstance(old, str):
+                    redact.forget(old)
         set_path(self.data, key, MISSING if value is None else value)
         if self._changed is not None:
             self._changed()
@@ -74,7 +82,13 @@ class MemoryStore:
 
 
 class FileStore(MemoryStore):
-    """Scopes are files ``<dir>/<scope>.json`` (scope names may contain ``/``)."""
+    """Scopes are files ``<dir>/<scope>.json`` (scope names may contain ``/``).
+
+    The timed flush serializes on the event loop (a consistent snapshot) and leaves the
+    file work (temp file, fsync, rename) to one writer thread, so a thousand meter
+    instances saving their state do not stall every other message.  The flush at
+    shutdown waits for the writes under way, then writes in the caller's thread.
+    """
 
     def __init__(self, directory: str | os.PathLike, schedule=None, flush_delay: float = 1.0):
         super().__init__()
@@ -83,6 +97,7 @@ class FileStore(MemoryStore):
         self._delay = flush_delay
         self._dirty: set[str] = set()
         self._timer = None
+        self._writing: list[Future] = []
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.json"
@@ -100,7 +115,10 @@ class FileStore(MemoryStore):
             os.replace(path, keep)
             log.error("context file %s is unreadable (%s); moved aside to %s, starting empty", path, e, keep)
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            return {}
+        _register_secrets(data)
+        return data
 
     def _dirty_cb(self, name: str):
         def changed():
@@ -110,31 +128,68 @@ class FileStore(MemoryStore):
 
         return changed
 
-    def _timed_flush(self) -> None:
-        self._timer = None
-        self.flush()
-
-    def flush(self) -> None:
-        for name in sorted(self._dirty):
-            self._write(name, self._scopes[name].data)
+    def _snapshots(self) -> list[tuple[Path, str]]:
+        jobs = [(self._path(name), json.dumps(self._scopes[name].data, indent=2, default=_jsonable, sort_keys=True))
+                for name in sorted(self._dirty)]
         self._dirty.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        return jobs
 
-    def _write(self, name: str, data: dict) -> None:
-        path = self._path(name)
+    def _timed_flush(self) -> None:
+        self._timer = None
+        self._writing = [f for f in self._writing if not f.done()]
+        self._writing.append(_writer().submit(self._write_all, self._snapshots(), False))
+
+    def flush(self) -> None:
+        for f in self._writing:
+            f.result()
+        self._writing.clear()
+        self._write_all(self._snapshots(), raise_errors=True)
+
+    def _write_all(self, jobs: list[tuple[Path, str]], raise_errors: bool) -> None:
+        for path, text in jobs:
+            try:
+                self._write(path, text)
+            except OSError as e:
+                if raise_errors:
+                    raise
+                log.error("could not write context %s: %s", path, e)
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2, default=_jsonable, sort_keys=True)
+                f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
+
+
+def _register_secrets(data: dict) -> None:
+    """Values under secret-like names in a loaded file are masked, as when they were set."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _register_secrets(value)
+        elif isinstance(value, str) and redact.is_secret_name(str(key)):
+            redact.add(value)
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+def _writer() -> ThreadPoolExecutor:
+    """One thread writes every context file, in the order the snapshots were taken."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meterflow-context")
+    return _executor
 
 
 def _jsonable(value: Any) -> Any:

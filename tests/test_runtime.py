@@ -1,6 +1,7 @@
 """Node-RED delivery semantics: send shapes, cloning, ordering, _msgid, errors, links."""
 
 import asyncio
+import json
 
 import pytest
 
@@ -394,7 +395,11 @@ nodes:
         await h.send("setter", {"payload": 1})
         assert not (tmp_path / "flow.json").exists()
         await h.advance(2)
-        assert (tmp_path / "flow.json").read_text().strip().startswith("{")
+        for _ in range(200):  # written by a worker thread, off the event loop
+            if (tmp_path / "flow.json").exists():
+                break
+            await asyncio.sleep(0.01)
+        assert json.loads((tmp_path / "flow.json").read_text()) == {"n": 1}
 
 
 async def test_stop_drains_in_flight_messages():

@@ -37,11 +37,12 @@ class Debug(Node):
         self._prop = self.config["property"]
 
     def on_input(self, msg: dict):
-        if not self.config["active"]:
-            return None
+        listeners = self.flow.engine.debug_listeners
+        if not self.config["active"] or not (listeners or log.isEnabledFor(self._level)):
+            return None  # nobody looks: skip the redaction, which grows with the number of secrets
         value = msg if self._prop == "msg" else get(msg, self._prop)
         shown = redact.redact_value(None if value is MISSING else value)
-        for listener in self.flow.engine.debug_listeners:
+        for listener in listeners:
             listener(self, shown, msg)
         if log.isEnabledFor(self._level):
             try:
