@@ -32,7 +32,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from . import redact
@@ -297,19 +297,30 @@ class CredentialStore:
 
     # ---- writing ---------------------------------------------------------------------------
     def set(self, name: str, field: str, value: str) -> None:
-        check_name("credential name", name)
-        check_name("field name", field)
-        if not isinstance(value, str) or value == "":
-            raise CredentialsError("an empty value is not stored")
+        self.set_many([(name, field, value)])
+
+    def set_many(self, items: Iterable[tuple[str, str, str]]) -> None:
+        """Store ``(name, field, value)`` triples in one write: all of them or none (a login's
+        tokens belong together), and one fsync however many fields."""
+        items = list(items)
+        for name, field, value in items:
+            check_name("credential name", name)
+            check_name("field name", field)
+            if not isinstance(value, str) or value == "":
+                raise CredentialsError(f"an empty value is not stored ({name}.{field})")
+        if not items:
+            return
         with self._locked():
             self._cache = None
             data = self._load()
             fernet = self._fernet_for(data, create=True)
             if not data.get("check"):
                 data["check"] = fernet.encrypt(_CHECK_TEXT).decode()
-            data["secrets"].setdefault(name, {})[field] = fernet.encrypt(value.encode("utf-8")).decode()
+            for name, field, value in items:
+                data["secrets"].setdefault(name, {})[field] = fernet.encrypt(value.encode("utf-8")).decode()
             self._save(data)
-        redact.add(value)
+        for _, _, value in items:
+            redact.add(value)
 
     def delete(self, name: str, field: str | None = None) -> None:
         """Remove one field, or the whole credential when ``field`` is None."""

@@ -64,8 +64,7 @@ def cmd_import(args) -> int:
 
         store = CredentialStore()
         try:
-            for name, field, value in result.secrets:
-                store.set(name, field, value)
+            store.set_many(result.secrets)
         except FlowError as e:
             return _err(f"cannot store the credentials: {e}")
         names = sorted({n for n, _, _ in result.secrets})

@@ -71,9 +71,9 @@ class TokenStore:
     def save(self, tokens: Tokens, **extra: str) -> None:
         values = {"refresh_token": tokens.refresh_token, "id_token": tokens.id_token,
                   "access_token": tokens.access_token, "expires_at": f"{tokens.expires_at:.0f}", **extra}
-        for field in (*TOKEN_FIELDS, *extra):
-            if values[field]:  # the store keeps no empty values
-                self.store.set(self.name, field, str(values[field]))
+        # One write: a crash never leaves a new refresh token next to an old id token.
+        self.store.set_many((self.name, field, str(values[field]))
+                            for field in (*TOKEN_FIELDS, *extra) if values[field])  # no empty values
 
 
 class MemoryTokenStore:
