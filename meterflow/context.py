@@ -129,7 +129,8 @@ class FileStore(MemoryStore):
         return changed
 
     def _snapshots(self) -> list[tuple[Path, str]]:
-        jobs = [(self._path(name), json.dumps(self._scopes[name].data, indent=2, default=_jsonable, sort_keys=True))
+        # One line, no indent: json's C encoder only runs without indentation (5-10x faster).
+        jobs = [(self._path(name), json.dumps(self._scopes[name].data, default=_jsonable, sort_keys=True) + "\n")
                 for name in sorted(self._dirty)]
         self._dirty.clear()
         if self._timer is not None:

@@ -146,7 +146,8 @@ class Spool:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
+        # Kept open for appends, with a small buffer: a thousand instances each hold one.
+        self._fh = open(self.path, "a", encoding="utf-8", buffering=1024)  # noqa: SIM115
         self.acked_since_compact = 0
 
     def append(self, item: Item) -> None:
