@@ -109,10 +109,7 @@ class Link:
             self.client.disconnect()  # the DISCONNECT is written by the loop, then paho closes
             await asyncio.wait({self._closed}, timeout=timeout)
         if self._fd is not None:  # the broker did not let us finish: close it ourselves
-            sock = self.client.socket()
-            self._unwatch(self._fd)
-            if sock is not None:
-                sock.close()
+            self._close_now()
         ticker = _tickers.get(self.loop)
         if ticker is not None:
             ticker.discard(self)
@@ -136,6 +133,15 @@ class Link:
             self._backoff()
             return
         self._connecting = None
+        if self.stopping:  # stop() gave up waiting for this connect: do not leave the socket open
+            self._close_now()
+
+    def _close_now(self) -> None:
+        sock = self.client.socket()
+        if self._fd is not None:
+            self._unwatch(self._fd)
+        if sock is not None:
+            sock.close()
 
     def _backoff(self) -> None:
         delay = min(self.reconnect_max, self.reconnect_min * 2 ** self._failures)
