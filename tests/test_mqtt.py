@@ -272,3 +272,21 @@ async def test_brokers_past_file_number_1024_deliver_without_a_thread_each(mosqu
         sub.close()
         for fd in filler:
             os.close(fd)
+
+
+async def test_an_idle_connection_is_kept_alive_by_the_shared_ticker(mosquitto):
+    """No thread pings for us: the event loop's keep-alive ticker must, or mosquitto drops
+    an idle client after 1.5 x its keep-alive."""
+    text = "meterflow: 1\n" + broker_yaml(mosquitto.port, keepalive="1s") + """nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/idle
+"""
+    async with Harness(text=text) as h:
+        broker = h.node("broker")
+        await until(lambda: broker.connected, what="connection")
+        await asyncio.sleep(6)  # mosquitto drops a silent 1 s client after about 5 s here
+        assert broker.connected and broker.generation == 1
+        await h.send("out", {"payload": "still here"})
+        await until(lambda: h.node("out").outbox.delivered == 1, what="publish after the idle time")
