@@ -1,16 +1,24 @@
-"""Turn httpx / ssl exceptions into flow errors with a ``kind``.
+"""Turn aiohttp / ssl exceptions into flow errors with a ``kind``.
 
 * ``tls``: an ``ssl.SSLError`` anywhere in the exception chain: a handshake failure, an
   alert from the server (its certificate check of ours), our check of its certificate.
-  Under TLS 1.3 the server checks the client certificate after the handshake has finished
-  on the client's side, so a rejected certificate arrives as ``httpx.ReadError`` whose
-  ``__cause__`` (httpcore) has the ``ssl.SSLError`` as ``__context__``: both links are walked.
-  A connection closed without an alert (``SSLEOFError``) is not a TLS verdict: ``connect``;
-  nor is ``SSLWantReadError``, which async TLS stacks raise and catch as flow control, so
-  it appears in the chain of an unrelated reset.
-* ``timeout``: no connection, or no response, within the timeout.
-* ``connect``: refused, unreachable, reset, closed before the response.
-* ``config``: a URL httpx cannot use.
+  During the handshake aiohttp raises ``ClientConnectorSSLError`` /
+  ``ClientConnectorCertificateError`` with the ``ssl.SSLError`` as ``__cause__``.  Under
+  TLS 1.3 the server checks the client certificate after the handshake has finished on
+  the client's side, so a rejected certificate arrives while the response is awaited, as
+  a ``ClientOSError`` whose ``__cause__`` is the ``ssl.SSLError``: the whole chain
+  (``__cause__`` and ``__context__``) is walked.  A connection closed without an alert
+  (``SSLEOFError``) is not a TLS verdict: ``connect``; nor is ``SSLWantReadError``, which
+  async TLS stacks raise and catch as flow control, so it may appear in the chain of an
+  unrelated reset.
+* ``timeout``: no connection (``ConnectionTimeoutError``), or no response
+  (``SocketTimeoutError``), within the timeout.
+* ``connect``: refused, unreachable, unknown host (``ClientConnectorError``); reset, closed
+  before the whole response, not HTTP (``ServerDisconnectedError``, ``ClientOSError``,
+  ``ClientPayloadError``, ``ClientResponseError``).
+* ``parse``: a body that cannot be decompressed.
+* ``http``: too many redirects.
+* ``config``: a URL aiohttp cannot use (``InvalidURL``, also as a redirect target).
 
 The message names the server (scheme, host, port and path; never the query string or
 user info, which may hold secrets); ``details`` carry ``url`` and, for tls, ``reason``
@@ -19,6 +27,7 @@ user info, which may hold secrets); ``details`` carry ``url`` and, for tls, ``re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -69,7 +78,10 @@ def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
     # so it shows up as the __context__ of a later failure) and connections that simply ended.
     not_a_verdict = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
                      ssl.SSLSyscallError)
-    found = [e for e in chain(exc) if isinstance(e, ssl.SSLError) and not isinstance(e, not_a_verdict)]
+    # Nor aiohttp's wrappers (ClientConnectorSSLError and ...CertificateError are ssl errors
+    # themselves): they lack OpenSSL's reason, and one wrapping an SSLEOFError is no verdict.
+    found = [e for e in chain(exc) if isinstance(e, ssl.SSLError) and not isinstance(e, not_a_verdict)
+             and not isinstance(e.__cause__, ssl.SSLError)]
     for e in found:
         if isinstance(e, ssl.SSLCertVerificationError):
             return e
@@ -112,8 +124,8 @@ def _oserror_text(exc: BaseException) -> str:
 
 
 def classify(exc: BaseException, url: object, timeout: float | None = None) -> FlowError:
-    """A :class:`FlowError` with the right kind for an exception raised by an httpx request."""
-    import httpx
+    """A :class:`FlowError` with the right kind for an exception raised by an aiohttp request."""
+    import aiohttp
 
     if isinstance(exc, FlowError):
         return exc
@@ -122,29 +134,47 @@ def classify(exc: BaseException, url: object, timeout: float | None = None) -> F
     if sslerr is not None:
         reason = _reason(sslerr)
         err: FlowError = TlsError(f"TLS with {where} failed: {_explain(sslerr)} ({reason})", url=where, reason=reason)
-    elif isinstance(exc, httpx.TimeoutException):
+    elif isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError family included
         after = f" within {timeout:g}s" if timeout else ""
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
             err = TimeoutError(f"cannot connect to {where}{after} (timeout)", url=where)
         else:
             err = TimeoutError(f"no response from {where}{after} (timeout)", url=where)
-    elif isinstance(exc, httpx.ConnectError):
-        err = ConnectError(f"cannot connect to {where}: {_oserror_text(exc)}", url=where)
-    elif isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        err = ConfigError(f"cannot request {where}: {exc}", url=where)
-    elif isinstance(exc, httpx.TooManyRedirects):
+    elif isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):  # also as a redirect target
+        err = ConfigError(f"cannot request {where}: {_url_problem(exc)}", url=where)
+    elif isinstance(exc, aiohttp.TooManyRedirects):
         err = FlowError(f"too many redirects from {where}", kind="http", url=where)
-    elif isinstance(exc, httpx.DecodingError):
+    elif isinstance(exc, aiohttp.ClientPayloadError) and _undecodable(exc):
         err = ParseError(f"cannot decode the response from {where}: {exc}", url=where)
-    elif isinstance(exc, httpx.TransportError):
-        # ReadError, WriteError, RemoteProtocolError ("Server disconnected..."), CloseError
-        err = ConnectError(f"connection to {where} failed: {_oserror_text(exc)}", url=where)
-    elif isinstance(exc, OSError):
+    elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, no such host
+        err = ConnectError(f"cannot connect to {where}: {_oserror_text(exc)}", url=where)
+    elif isinstance(exc, aiohttp.ClientError | OSError):
+        # ServerDisconnectedError, ClientOSError (reset), a body cut short (ClientPayloadError),
+        # a response that is not HTTP (ClientResponseError)
         err = ConnectError(f"connection to {where} failed: {_oserror_text(exc)}", url=where)
     else:
-        return exc if isinstance(exc, FlowError) else FlowError(f"request to {where} failed: {type(exc).__name__}: {exc}")
+        return FlowError(f"request to {where} failed: {type(exc).__name__}: {exc}")
     err.__cause__ = exc
     return err
+
+
+def _url_problem(exc: BaseException) -> str:
+    # Not str(exc): aiohttp's is the whole URL, query and user info included.
+    import aiohttp
+
+    redirect = " (redirect target)" if isinstance(exc, aiohttp.RedirectClientError) else ""
+    if isinstance(exc, aiohttp.NonHttpUrlClientError):
+        return "not an http:// or https:// URL" + redirect
+    return (redact.redact(str(exc.__cause__)) if exc.__cause__ else "invalid URL") + redirect
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """A body that arrived whole but cannot be decompressed (not a connection cut short)."""
+    from aiohttp import http_exceptions as h
+
+    # DecompressSizeError (a body that inflates past aiohttp's limit) is recent.
+    undecodable = (h.ContentEncodingError, getattr(h, "DecompressSizeError", h.ContentEncodingError))
+    return any(isinstance(e, undecodable) for e in chain(exc))
 
 
 def status_error(status: int, reason: str, url: object) -> HttpError:

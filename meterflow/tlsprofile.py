@@ -1,5 +1,5 @@
 """TLS profiles: client certificate, key, CA and verification as an ``ssl.SSLContext``
-that follows the files on disk, and the pooled httpx clients built on it.
+that follows the files on disk, and the pooled aiohttp sessions built on it.
 
 A certificate renewed on disk (Let's Encrypt every 60-90 days) is picked up by the next
 request: :meth:`TlsProfile.context` compares each file's inode, size and mtime with the
@@ -241,9 +241,9 @@ class TlsProfile:
 
 
 class HttpClients:
-    """One ``httpx.AsyncClient`` (a keep-alive pool) per context generation.
+    """One ``aiohttp.ClientSession`` (a keep-alive pool) per context generation.
 
-    When the profile reloads, the next request gets a new client; the old one is closed
+    When the profile reloads, the next request gets a new session; the old one is closed
     as soon as the requests still using it finish.
     """
 
@@ -258,14 +258,12 @@ class HttpClients:
     async def use(self) -> AsyncIterator[Any]:
         gen, ctx = self._verify()
         if self._client is None or gen != self._gen:
-            import httpx
-
-            old, self._client, self._gen = self._client, httpx.AsyncClient(verify=ctx, timeout=None), gen
+            old, self._client, self._gen = self._client, _session(ctx), gen
             if old is not None:
                 if self._busy.get(old):
                     self._retired.append(old)
                 else:
-                    await old.aclose()
+                    await old.close()
         client = self._client
         self._busy[client] = self._busy.get(client, 0) + 1
         try:
@@ -276,14 +274,42 @@ class HttpClients:
                 del self._busy[client]
                 if client in self._retired:
                     self._retired.remove(client)
-                    await client.aclose()
+                    await client.close()
 
     async def aclose(self) -> None:
         clients = [c for c in [self._client, *self._retired] if c is not None]
         self._client, self._gen, self._retired = None, None, []
         for c in clients:
             with contextlib.suppress(Exception):
-                await c.aclose()
+                await c.close()
+
+
+def _session(ctx: ssl.SSLContext):
+    """A session that behaves like a plain HTTP client, not like a browser."""
+    import aiohttp
+    from aiohttp import connector
+
+    # A connection dropped after an error (a timeout, say) is closed with a TLS close_notify;
+    # a server that never answers it would hold the socket for asyncio's 30 s.  Where the
+    # Python version needs it, aiohttp aborts such sockets after 2 s (elsewhere it warns).
+    cleanup = getattr(connector, "NEEDS_CLEANUP_CLOSED", False)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=cleanup),
+        # Cookies are not carried from one request to the next (as in Node-RED's http
+        # request): many unrelated meters' requests share a pool; a flow that needs a
+        # cookie copies it from msg.headers into request_headers.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # No "Content-Type: application/octet-stream" on a body the flow sent without one.
+        skip_auto_headers=("Content-Type",),
+        timeout=aiohttp.ClientTimeout(total=None),  # each request sets its own
+        raise_for_status=False,
+    )
+    # aiohttp silently sends an idempotent request (GET, PUT, DELETE, ...) a second time when
+    # its connection fails; tls-request's own `retry` decides what is sent again, and a
+    # rejected client certificate would otherwise cost a second handshake.
+    if "_retry_connection" in getattr(type(session), "ATTRS", ()):
+        session._retry_connection = False
+    return session
 
 
 # ---- sharing -----------------------------------------------------------------------------------
@@ -295,8 +321,7 @@ _shared: dict[TlsSettings, list] = {}  # settings -> [TlsProfile, users]
 def acquire(settings: TlsSettings, name: str) -> tuple[TlsProfile, HttpClients]:
     """The shared profile for ``settings`` (``TlsSettings()``: system trust, no client
     certificate) and a connection pool of the caller's own; pair with :func:`release`.
-    (One pool shared by many instances is slower: httpcore matches every queued request
-    against every connection.)"""
+    (A pool shared by many instances was measured slower: docs/performance.md.)"""
     entry = _shared.get(settings)
     if entry is None:
         entry = _shared[settings] = [TlsProfile(settings, name=name), 0]

@@ -83,6 +83,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, json.dumps({"ok": True, "cn": rec["cn"]}).encode())
         elif self.path.startswith("/echo"):
             self._reply(200, json.dumps(rec, default=str).encode())
+        elif self.path.startswith("/loop"):
+            self._reply(302, b"", extra={"Location": "/loop"})
+        elif self.path.startswith("/badgzip"):
+            self._reply(200, b"this is not gzip", extra={"Content-Encoding": "gzip"})
         elif self.path.startswith("/bytes"):
             self._reply(200, bytes(range(256)), "application/octet-stream")
         else:
@@ -282,6 +286,33 @@ async def test_redirects_msg_url_and_binary(server, pki):
     assert redirected["responseUrl"] == server.url + "/json?from=redirect"
     assert redirected["redirectList"] == [{"location": server.url + "/json?from=redirect"}]
     assert binary["payload"] == bytes(range(256))
+
+
+async def test_no_cookies_carried_and_no_content_type_invented(server, pki):
+    # The server sets cookies on every response; a flow that wants one sends it itself.
+    cert, key = pki["good"]
+    req = request_yaml(server.url + "/echo", "    method: POST")
+    async with Harness(text=flow(profile_yaml(cert, key, pki["server_ca"]), req + catches())) as h:
+        await h.send("req", {"payload": b"raw"})
+        await h.send("req", {"payload": "text"})
+        assert [m["headers"]["set-cookie"] for m in h.messages("out")] == [["a=1", "b=2"]] * 2
+    for r in server.requests:
+        assert "cookie" not in r["headers"]
+        assert "content-type" not in r["headers"]  # bytes and strings go as they are (body: auto)
+    assert [r["body"] for r in server.requests] == ["raw", "text"]
+
+
+async def test_redirect_loop_is_http_and_bad_encoding_is_parse(server, pki):
+    cert, key = pki["good"]
+    text = flow(profile_yaml(cert, key, pki["server_ca"]), request_yaml(server.url + "/{{{topic}}}") + catches())
+    async with Harness(text=text) as h:
+        await h.send("req", {"topic": "loop"})
+        await h.send("req", {"topic": "badgzip"})
+        loop, badgzip = (m["error"] for m in h.messages("other_out"))
+        assert h.messages("tls_out") == [] and h.messages("out") == []
+    assert loop["kind"] == "http" and "too many redirects" in loop["message"]
+    assert badgzip["kind"] == "parse" and "cannot decode" in badgzip["message"]
+    assert len(server.requests) == 1 + 20 + 1  # the first, 20 redirects followed, then the gzip request
 
 
 # ----------------------------------------------------------------------------- TLS failures and catch by kind

@@ -1,4 +1,4 @@
-"""tls-request: an HTTP(S) request with an optional client certificate (httpx).
+"""tls-request: an HTTP(S) request with an optional client certificate (aiohttp).
 
 The request node of the Smart Meter Texas flows (Node-RED's ``http request`` /
 ``node-red-contrib-https``), with errors that carry a kind::
@@ -56,8 +56,11 @@ was sent may be retried: keep ``on`` to what is safe for the endpoint.
 from __future__ import annotations
 
 import base64
+import codecs
+import functools
 import json
 import random
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -71,6 +74,7 @@ from ..schema import Field, parse_duration
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "use")
 RETRY_KINDS = ("connect", "timeout", "http", "tls")
 RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+MAX_REDIRECTS = 20  # followed; the 21st is an error of kind http
 
 RETRY = Field("map", "retry transient failures with capped exponential backoff", fields={
     "attempts": Field("int", "tries in all, the first included", default=3, minimum=1, maximum=100),
@@ -113,6 +117,34 @@ def _scheme_problem(url: str) -> str | None:
     if scheme and scheme not in ("http", "https"):
         return f"unsupported URL scheme {scheme!r}: use http:// or https://"
     return None
+
+
+@dataclass
+class _Response:
+    """What is kept of a response: read whole, so the connection is back in its pool."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]  # in order, repeated names repeated
+    url: str  # after redirects
+    redirects: list[str]  # the Location of each redirect followed, made absolute
+    body: bytes
+    charset: str | None  # from Content-Type
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k.lower() == name), None)
+
+    @functools.cached_property
+    def text(self) -> str:
+        # Like httpx before: the declared charset, else UTF-8; never fails on bad bytes.
+        encoding = "utf-8"
+        if self.charset:
+            try:
+                encoding = codecs.lookup(self.charset).name
+            except LookupError:
+                pass
+        return self.body.decode(encoding, errors="replace")
 
 
 class TlsRequest(Node):
@@ -285,11 +317,24 @@ class TlsRequest(Node):
         return text.encode("utf-8")
 
     # ---- sending --------------------------------------------------------------------------------
-    async def _send(self, method: str, url: str, headers: dict, content: bytes | None, extensions: dict):
+    async def _send(self, method: str, url: str, headers: dict, content: bytes | None,
+                    server_name: str | None) -> _Response:
+        import aiohttp
+        from yarl import URL
+
+        t = self.timeout
+        # Inactivity per phase, as documented: connecting (TCP and TLS handshake) and each
+        # wait for data from the server; no limit on the request as a whole.
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t, sock_read=t)
         async with self.clients.use() as client:
             try:
-                return await client.request(method, url, headers=headers, content=content, timeout=self.timeout,
-                                            follow_redirects=self.follow, extensions=extensions)
+                async with client.request(method, url, headers=headers, data=content, timeout=timeout,
+                                          allow_redirects=self.follow, max_redirects=MAX_REDIRECTS + 1,
+                                          server_hostname=server_name) as r:
+                    body = await r.read()  # inside: the connection goes back to the pool after this
+                    redirects = [str(h.url.join(URL(h.headers.get("location", "")))) for h in r.history]
+                    return _Response(r.status, r.reason or "", list(r.headers.items()), str(r.url), redirects,
+                                     body, r.charset)
             except Exception as e:
                 raise classify(e, url, self.timeout) from e
 
@@ -299,8 +344,8 @@ class TlsRequest(Node):
             return min(self.max_backoff, max(base, retry_after))
         return base * (1 - self.jitter * random.random())
 
-    def _retry_after(self, response) -> float | None:
-        value = response.headers.get("retry-after")
+    def _retry_after(self, response: _Response) -> float | None:
+        value = response.header("retry-after")
         if not value:
             return None
         try:
@@ -322,12 +367,11 @@ class TlsRequest(Node):
         headers = self._headers(msg)
         content = self._body(msg, method, headers)
         server_name = self.profile_node.profile.settings.server_name if self.profile_node is not None else None
-        extensions = {"sni_hostname": server_name} if server_name else {}
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._send(method, url, headers, content, extensions)
+                response = await self._send(method, url, headers, content, server_name)
             except FlowError as err:
                 if err.kind in self.retry_on and attempt < self.attempts:
                     await self._wait(attempt, err.kind, None)
@@ -335,8 +379,8 @@ class TlsRequest(Node):
                 self._failing = True
                 self.status("red", "ring", err.kind)
                 raise
-            if ("http" in self.retry_on and response.status_code in RETRY_STATUSES and attempt < self.attempts):
-                await self._wait(attempt, f"HTTP {response.status_code}", self._retry_after(response))
+            if ("http" in self.retry_on and response.status in RETRY_STATUSES and attempt < self.attempts):
+                await self._wait(attempt, f"HTTP {response.status}", self._retry_after(response))
                 continue
             break
         if self._failing:
@@ -350,9 +394,9 @@ class TlsRequest(Node):
         self.log.info("[%s] %s; trying again in %.1fs (%d/%d)", self.id, why, delay, attempt + 1, self.attempts)
         await self.clock.sleep(delay)
 
-    def _result(self, msg: dict, r) -> dict:
+    def _result(self, msg: dict, r: _Response) -> dict:
         headers: dict[str, Any] = {}
-        for name, value in r.headers.multi_items():
+        for name, value in r.headers:
             name = name.lower()
             if name == "set-cookie":
                 headers.setdefault(name, []).append(value)
@@ -360,29 +404,29 @@ class TlsRequest(Node):
                 headers[name] = f"{headers[name]}, {value}"
             else:
                 headers[name] = value
-        msg["statusCode"] = r.status_code
+        msg["statusCode"] = r.status
         msg["headers"] = headers
-        msg["responseUrl"] = str(r.url)
-        msg["redirectList"] = [{"location": str(h.url.join(h.headers.get("location", "")))} for h in r.history]
+        msg["responseUrl"] = r.url
+        msg["redirectList"] = [{"location": location} for location in r.redirects]
         if self.ret == "bin":
-            msg["payload"] = r.content
+            msg["payload"] = r.body
         else:
             msg["payload"] = r.text
-        if self.http_errors and r.status_code >= 400:
+        if self.http_errors and r.status >= 400:
             if self.ret == "obj":
                 try:
-                    msg["payload"] = json.loads(r.text) if r.content else ""
+                    msg["payload"] = json.loads(r.text) if r.body else ""
                 except ValueError:
                     pass
-            raise status_error(r.status_code, r.reason_phrase, r.url)
-        if self.ret == "obj" and r.content:
+            raise status_error(r.status, r.reason, r.url)
+        if self.ret == "obj" and r.body:
             try:
                 msg["payload"] = json.loads(r.text)
             except ValueError as e:
                 where = safe_url(r.url)
                 detail = f"{e.msg} at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
-                raise ParseError(f"the response from {where} (HTTP {r.status_code}) is not valid JSON: {detail}",
-                                 status=r.status_code, url=where) from None
+                raise ParseError(f"the response from {where} (HTTP {r.status}) is not valid JSON: {detail}",
+                                 status=r.status, url=where) from None
         return msg
 
 
