@@ -134,7 +134,7 @@ def classify(exc: BaseException, url: object, timeout: float | None = None) -> F
     if sslerr is not None:
         reason = _reason(sslerr)
         err: FlowError = TlsError(f"TLS with {where} failed: {_explain(sslerr)} ({reason})", url=where, reason=reason)
-    elif isinstance(exc, asyncio.TimeoutError):  # aiohttp's ServerTimeoutError family included
+    elif isinstance(exc, asyncio.TimeoutError):  # the builtin (aiohttp's timeouts are ones); not errors.TimeoutError
         after = f" within {timeout:g}s" if timeout else ""
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             err = TimeoutError(f"cannot connect to {where}{after} (timeout)", url=where)

@@ -258,7 +258,7 @@ class HttpClients:
     async def use(self) -> AsyncIterator[Any]:
         gen, ctx = self._verify()
         if self._client is None or gen != self._gen:
-            old, self._client, self._gen = self._client, _session(ctx), gen
+            old, self._client, self._gen = self._client, new_session(ctx), gen
             if old is not None:
                 if self._busy.get(old):
                     self._retired.append(old)
@@ -293,15 +293,24 @@ TLS_RECV_BUFFER = 32 * 1024
 
 def _small_tls_buffers() -> None:
     # A class attribute of asyncio's TLS protocol (Python 3.11+): this changes it for every
-    # asyncio TLS connection in the process, which in meterflow are tls-request's.
+    # asyncio TLS connection in the process, which in meterflow are its HTTP requests'.
     from asyncio import sslproto
 
     if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_RECV_BUFFER:
         sslproto.SSLProtocol.max_size = TLS_RECV_BUFFER
 
 
-def _session(ctx: ssl.SSLContext):
-    """A session that behaves like a plain HTTP client, not like a browser."""
+def inactivity_timeout(seconds: float):
+    """meterflow's request timeout: connecting (TCP and TLS handshake) and each wait for
+    data from the server, each within ``seconds``; no limit on the request as a whole."""
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=seconds, sock_read=seconds)
+
+
+def new_session(ctx: ssl.SSLContext | bool):
+    """An ``aiohttp.ClientSession`` that behaves like a plain HTTP client, not like a
+    browser; ``ctx`` True: the system trust store.  Close it with ``await s.close()``."""
     import aiohttp
     from aiohttp import connector
 
@@ -314,8 +323,8 @@ def _session(ctx: ssl.SSLContext):
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=cleanup),
         # Cookies are not carried from one request to the next (as in Node-RED's http
-        # request): many unrelated meters' requests share a pool; a flow that needs a
-        # cookie copies it from msg.headers into request_headers.
+        # request): unrelated nodes' requests share a pool; a flow that needs a cookie
+        # copies it from msg.headers into request_headers.
         cookie_jar=aiohttp.DummyCookieJar(),
         # No "Content-Type: application/octet-stream" on a body the flow sent without one.
         skip_auto_headers=("Content-Type",),
@@ -323,8 +332,8 @@ def _session(ctx: ssl.SSLContext):
         raise_for_status=False,
     )
     # aiohttp silently sends an idempotent request (GET, PUT, DELETE, ...) a second time when
-    # its connection fails; tls-request's own `retry` decides what is sent again, and a
-    # rejected client certificate would otherwise cost a second handshake.
+    # its connection fails; the caller's own retry (tls-request's `retry`, an outbox) decides
+    # what is sent again, and a rejected client certificate would cost a second handshake.
     if "_retry_connection" in getattr(type(session), "ATTRS", ()):
         session._retry_connection = False
     return session

@@ -86,31 +86,35 @@ class HaServer(Node):
 
     def client(self):
         if self._client is None:
-            import httpx
+            from ..tlsprofile import new_session
 
-            verify: Any = tls_context(self, self.config["tls"]) if self.config.get("tls") else True
-            self._client = httpx.AsyncClient(timeout=parse_duration(self.config["timeout"]), verify=verify)
+            self._client = new_session(tls_context(self, self.config["tls"]) if self.config.get("tls") else True)
         return self._client
 
     async def call_service(self, domain: str, service: str, data: dict) -> Any:
         """POST /api/services/<domain>/<service>; raises Retry (transient) or Reject."""
-        import httpx
+        import aiohttp
+
+        from ..tlsprofile import inactivity_timeout
 
         url = f"{self.config['url'].rstrip('/')}/api/services/{domain}/{service}"
         headers = {"Authorization": f"Bearer {self.config['token']}", "Content-Type": "application/json"}
         try:
-            r = await self.client().post(url, headers=headers, content=json.dumps(data).encode())
-        except httpx.TimeoutException:
+            async with self.client().post(url, headers=headers, data=json.dumps(data).encode(), allow_redirects=False,
+                                          timeout=inactivity_timeout(parse_duration(self.config["timeout"]))) as r:
+                s, body = r.status, await r.read()
+        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors
             raise Retry(FlowTimeout(f"Home Assistant {url}: timeout")) from None
-        except httpx.TransportError as e:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as e:
+            # refused, reset, TLS, a reply cut short or not HTTP
             raise Retry(ConnectError(f"Home Assistant {url}: {type(e).__name__}: {e}")) from None
-        s = r.status_code
+        text = body.decode("utf-8", "replace")
         if 200 <= s < 300:
             try:
-                return r.json() if r.content else None
+                return json.loads(body) if body else None
             except ValueError:
-                raise Reject(ParseError(f"Home Assistant {url}: reply is not JSON: {r.text[:120]!r}")) from None
-        text = r.text.strip()[:200]
+                raise Reject(ParseError(f"Home Assistant {url}: reply is not JSON: {text[:120]!r}")) from None
+        text = text.strip()[:200]
         if s in (401, 403):
             raise Reject(AuthError(f"Home Assistant refused the token ({s}) for {domain}.{service}", status=s))
         if s in (408, 429) or s >= 500:
@@ -119,7 +123,7 @@ class HaServer(Node):
 
     async def stop(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
 

@@ -1,4 +1,4 @@
-"""InfluxDB: an ``influxdb`` config node and ``influx-out``, writing line protocol with httpx.
+"""InfluxDB: an ``influxdb`` config node and ``influx-out``, writing line protocol with aiohttp.
 
 ::
 
@@ -183,12 +183,9 @@ class InfluxDB(Node):
 
     def client(self):
         if self._client is None:
-            import httpx
+            from ..tlsprofile import new_session
 
-            verify: Any = True
-            if self.config.get("tls"):
-                verify = tls_context(self, self.config["tls"])
-            self._client = httpx.AsyncClient(timeout=parse_duration(self.config["timeout"]), verify=verify)
+            self._client = new_session(tls_context(self, self.config["tls"]) if self.config.get("tls") else True)
         return self._client
 
     def request(self) -> tuple[str, dict, dict]:
@@ -213,30 +210,35 @@ class InfluxDB(Node):
 
     async def write(self, body: str) -> None:
         """POST line protocol; raise Retry / Reject / Split by Telegraf's status policy."""
-        import httpx
+        import aiohttp
+
+        from ..tlsprofile import inactivity_timeout
 
         url, params, headers = self.request()
         try:
-            r = await self.client().post(url, params=params, headers=headers, content=body.encode("utf-8"))
-        except httpx.TimeoutException as e:
+            async with self.client().post(url, params=params, headers=headers, data=body.encode("utf-8"),
+                                          allow_redirects=False,
+                                          timeout=inactivity_timeout(parse_duration(self.config["timeout"]))) as r:
+                status, reply, retry_header = r.status, await r.read(), r.headers.get("Retry-After")
+        except TimeoutError as e:  # aiohttp's timeouts are TimeoutErrors
             raise Retry(FlowTimeout(f"InfluxDB {url}: timeout ({type(e).__name__})")) from None
-        except httpx.TransportError as e:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as e:
+            # refused, reset, TLS, a reply cut short or not HTTP
             raise Retry(ConnectError(f"InfluxDB {url}: {type(e).__name__}: {e}")) from None
-        status = r.status_code
         if 200 <= status < 300:
             return
-        text = r.text.strip()[:300]
+        text = reply.decode("utf-8", "replace").strip()[:300]
         if status == 413:
             raise Split()
         if status in (408, 429) or status >= 500:
-            raise Retry(HttpError(f"InfluxDB answered {status}: {text}", status), retry_after(r.headers.get("Retry-After")))
+            raise Retry(HttpError(f"InfluxDB answered {status}: {text}", status), retry_after(retry_header))
         if status in (401, 403):
             raise Retry(AuthError(f"InfluxDB refused the credentials ({status}): {text}", status=status))
         raise Reject(HttpError(f"InfluxDB rejected the write ({status}): {text}", status))
 
     async def stop(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
 

@@ -319,13 +319,11 @@ class TlsRequest(Node):
     # ---- sending --------------------------------------------------------------------------------
     async def _send(self, method: str, url: str, headers: dict, content: bytes | None,
                     server_name: str | None) -> _Response:
-        import aiohttp
         from yarl import URL
 
-        t = self.timeout
-        # Inactivity per phase, as documented: connecting (TCP and TLS handshake) and each
-        # wait for data from the server; no limit on the request as a whole.
-        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=t, sock_read=t)
+        from ..tlsprofile import inactivity_timeout
+
+        timeout = inactivity_timeout(self.timeout)
         async with self.clients.use() as client:
             try:
                 async with client.request(method, url, headers=headers, data=content, timeout=timeout,
