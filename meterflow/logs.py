@@ -36,5 +36,6 @@ def setup(level: str = "info", fmt: str = "pretty", stream=None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    # httpx logs every request at INFO; meterflow's --trace is the place for that.
+    # httpx (used by plugins such as meterflow-iec) logs every request at INFO; meterflow's
+    # --trace is the place for that.  aiohttp's client logs nothing per request.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

@@ -413,7 +413,7 @@ async def test_smt_registered_cert_unregistered_cert_and_catch(smt, smt_password
         await h.send("req", {"payload": dict(ODR)})
         [caught] = h.messages("tls_out")
         assert h.messages("other_out") == []
-    # TLS 1.2: the bad_certificate alert arrives during the handshake (httpx.ConnectError).
+    # TLS 1.2: the bad_certificate alert arrives during the handshake (aiohttp's ClientConnectorSSLError).
     assert caught["error"]["reason"] == "SSLV3_ALERT_BAD_CERTIFICATE"
 
 
