@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import cpu_seconds, machine, proc_status, table  # noqa: E402
+from common import context_switches, cpu_seconds, machine, proc_status, table  # noqa: E402
 from services import Mosquitto, _binary  # noqa: E402
 
 from meterflow.credentials import CredentialStore  # noqa: E402
@@ -161,6 +161,7 @@ class Run:
     steps: dict[str, tuple[float, float]] = field(default_factory=dict)  # step -> (median, max) s after the cron
     alerts: int = 0
     mqtt_connected: int = 0  # "connected to" lines in the engine's log
+    idle_wakeups: float = float("nan")  # context switches per minute after the read (--idle-window)
     log_tail: str = ""
 
 
@@ -261,6 +262,12 @@ def run_once(args, work: Path, rep: int, sandbox: SmtSandbox, mqtt_port: int | N
             ep = q.path.rstrip("/").rsplit("/", 1)[-1]
             r.requests[ep] = r.requests.get(ep, 0) + 1
         r.steps = step_times(reqs, fire, sub.first if sub else {}, )
+        if args.idle_window:
+            # The same count as bench/nodered's idle figure: every thread, voluntary and not.
+            time.sleep(IDLE_SETTLE_S)
+            c0 = context_switches(proc.pid)
+            time.sleep(args.idle_window)
+            r.idle_wakeups = (context_switches(proc.pid) - c0) * 60 / args.idle_window
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -283,6 +290,8 @@ def run_once(args, work: Path, rep: int, sandbox: SmtSandbox, mqtt_port: int | N
                            if " ERROR " in line or " WARNING " in line)[-2000:]
     return r
 
+
+IDLE_SETTLE_S = 45  # after the reads: context flushes, keep-alive connections closed (15-30 s)
 
 STEPS = ("token", "odr") + tuple(f"poll {i}" for i in range(1, PENDING_POLLS + 2)) + ("reading",)
 
@@ -327,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="s from launch to the cron instant (default: measured start-up x 1.5 + 3)")
     p.add_argument("--one-by-one", type=int, default=25,
                    help="meters whose credentials go through CredentialStore.set, to time it (default 25)")
+    p.add_argument("--idle-window", type=float, default=0, metavar="S",
+                   help="after the reads, count the engine's wake-ups over S seconds (default: off)")
     p.add_argument("--py-spy", metavar="FILE", help="record a py-spy flame graph of the engine (last repetition)")
     p.add_argument("--timeout", type=float, default=None,
                    help="s after the cron instant to wait for the readings (default 120 + 0.1 per meter)")
@@ -439,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         ["CPU of sandbox + subscriber, read cycle (s)", f"{med('cpu_bench_s'):.2f}", ""],
         ["threads in meterflow", f"{med('threads'):.0f}", ""],
     ]
+    if args.idle_window:
+        rows.append(["wake-ups/min once idle (context switches, all threads)", f"{med('idle_wakeups'):.0f}", ""])
     print()
     print(f"median of {len(runs)} run(s); MQTT {'on' if mqtt_port else 'SKIPPED (no mosquitto)'};"
           f" machine: {json.dumps(machine())}")

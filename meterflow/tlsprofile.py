@@ -312,16 +312,15 @@ def new_session(ctx: ssl.SSLContext | bool):
     """An ``aiohttp.ClientSession`` that behaves like a plain HTTP client, not like a
     browser; ``ctx`` True: the system trust store.  Close it with ``await s.close()``."""
     import aiohttp
-    from aiohttp import connector
 
     _small_tls_buffers()
 
-    # A connection dropped after an error (a timeout, say) is closed with a TLS close_notify;
-    # a server that never answers it would hold the socket for asyncio's 30 s.  Where the
-    # Python version needs it, aiohttp aborts such sockets after 2 s (elsewhere it warns).
-    cleanup = getattr(connector, "NEEDS_CLEANUP_CLOSED", False)
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=cleanup),
+        # No enable_cleanup_closed: it arms a 2 s timer per session for good, and an idle
+        # process must not wake up (30 times a minute per meter).  A connection dropped
+        # after an error is closed with a TLS close_notify; a server that never answers it
+        # keeps that socket until asyncio gives up on the shutdown, after 30 s.
+        connector=aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=False),
         # Cookies are not carried from one request to the next (as in Node-RED's http
         # request): unrelated nodes' requests share a pool; a flow that needs a cookie
         # copies it from msg.headers into request_headers.
