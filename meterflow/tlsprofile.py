@@ -248,6 +248,10 @@ class HttpClients:
     """
 
     def __init__(self, verify: Callable[[], tuple[int, ssl.SSLContext]]):
+        # Import aiohttp now, while the flow loads: its ~0.2 s (and the default SSL contexts
+        # it builds) would otherwise delay the first request of every meter reading at once.
+        import aiohttp  # noqa: F401
+
         self._verify = verify
         self._client = None
         self._gen: int | None = None
