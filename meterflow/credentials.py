@@ -115,6 +115,7 @@ class CredentialStore:
             self.key_file = self.path.with_name("credentials.key")
         self._cache: tuple[tuple, dict] | None = None
         self._warned: set[str] = set()
+        self._shown: dict[tuple[str, str], str] = {}  # (name, field) -> the value registered as secret
 
     # ---- the file --------------------------------------------------------------------------
     def _signature(self) -> tuple | None:
@@ -285,8 +286,20 @@ class CredentialStore:
         except (InvalidToken, ValueError, AttributeError):
             raise CredentialsError(f"the value of {name}.{field} in {self.path} is damaged (it does not decrypt"
                                    " with the key that decrypts the rest of the store)") from None
-        redact.add(value)
+        self._register(name, field, value)
         return value
+
+    def _register(self, name: str, field: str, value: str) -> None:
+        """Mask ``value`` in every log; the value it replaces in this field is let go, so a
+        token rotated every 45 minutes for years does not pile up in the mask.  (A deleted
+        value stays masked: it may still be in someone's hands.)"""
+        old = self._shown.get((name, field))
+        if old == value:
+            return
+        redact.add(value)
+        self._shown[(name, field)] = value
+        if old is not None:
+            redact.forget(old)
 
     def _hint_names(self, data: dict, name: str) -> str:
         if not data["secrets"]:
@@ -319,8 +332,8 @@ class CredentialStore:
             for name, field, value in items:
                 data["secrets"].setdefault(name, {})[field] = fernet.encrypt(value.encode("utf-8")).decode()
             self._save(data)
-        for _, _, value in items:
-            redact.add(value)
+        for name, field, value in items:
+            self._register(name, field, value)
 
     def delete(self, name: str, field: str | None = None) -> None:
         """Remove one field, or the whole credential when ``field`` is None."""

@@ -15,3 +15,13 @@ def flow():
         return Harness(text=text, **kw)
 
     return make
+
+
+@pytest.fixture
+def private_store(tmp_path, monkeypatch):
+    """Never touch ~/.config: the test gets its own credential store and key file (in the
+    returned directory)."""
+    monkeypatch.setenv("METERFLOW_CREDENTIALS", str(tmp_path / "cfg" / "credentials.json"))
+    monkeypatch.delenv("METERFLOW_KEY", raising=False)
+    monkeypatch.delenv("METERFLOW_KEY_FILE", raising=False)
+    return tmp_path / "cfg"

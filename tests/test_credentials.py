@@ -16,13 +16,7 @@ from meterflow.errors import CredentialsError
 from meterflow.plugins import Registry, make_manager
 from meterflow.testing import FlowLoadError, Harness
 
-
-@pytest.fixture(autouse=True)
-def private_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("METERFLOW_CREDENTIALS", str(tmp_path / "cfg" / "credentials.json"))
-    monkeypatch.delenv("METERFLOW_KEY", raising=False)
-    monkeypatch.delenv("METERFLOW_KEY_FILE", raising=False)
-    return tmp_path / "cfg"
+pytestmark = pytest.mark.usefixtures("private_store")  # tests/conftest.py: never ~/.config
 
 
 def registry() -> Registry:

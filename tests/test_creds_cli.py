@@ -11,13 +11,7 @@ from cryptography.fernet import Fernet
 
 from meterflow import creds_cli
 
-
-@pytest.fixture(autouse=True)
-def private_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("METERFLOW_CREDENTIALS", str(tmp_path / "cfg" / "credentials.json"))
-    monkeypatch.delenv("METERFLOW_KEY", raising=False)
-    monkeypatch.delenv("METERFLOW_KEY_FILE", raising=False)
-    return tmp_path / "cfg"
+pytestmark = pytest.mark.usefixtures("private_store")  # tests/conftest.py: never ~/.config
 
 
 def creds(*argv: str) -> int:

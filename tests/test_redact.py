@@ -50,3 +50,16 @@ def test_secret_named_values_in_a_context_file_are_masked_when_loaded(tmp_path):
     store = FileStore(tmp_path)
     assert store.scope("flow").get("n") == 1
     assert redact.redact("Bearer loaded-token-777") == "Bearer ***"
+
+
+def test_a_rotated_stored_token_is_let_go(private_store):
+    """IEC rotates its tokens every 45 minutes for years: the mask holds the current ones only."""
+    from meterflow.credentials import CredentialStore
+
+    store = CredentialStore()
+    for i in range(50):
+        store.set_many([("iec", "id_token", f"id-token-{i:04d}-abcdef"), ("iec", "refresh_token", f"rt-{i:04d}-xyz")])
+        assert store.fields("iec")["id_token"] == f"id-token-{i:04d}-abcdef"  # read back, as the nodes do
+    live = [s for s in redact._secrets if s.startswith(("id-token-", "rt-"))]
+    assert sorted(live) == ["id-token-0049-abcdef", "rt-0049-xyz"]
+    assert redact.redact("Bearer id-token-0049-abcdef") == "Bearer ***"

@@ -152,12 +152,7 @@ def smt(tmp_path):
         yield sandbox
 
 
-@pytest.fixture(autouse=True)
-def private_store(tmp_path, monkeypatch):
-    """Never touch ~/.config: every test gets its own credential store and key file."""
-    monkeypatch.setenv("METERFLOW_CREDENTIALS", str(tmp_path / "creds" / "credentials.json"))
-    monkeypatch.delenv("METERFLOW_KEY", raising=False)
-    monkeypatch.delenv("METERFLOW_KEY_FILE", raising=False)
+pytestmark = pytest.mark.usefixtures("private_store")  # tests/conftest.py: never ~/.config
 
 
 def registry() -> Registry:

@@ -22,9 +22,9 @@ from meterflow.errors import CredentialsError
 from .client import Tokens
 from .const import DEFAULT_CREDENTIAL
 
-# refresh_token first: the store writes one field at a time, and a crash between writes must
-# leave the newest refresh token behind (an old id_token only costs a 401 and a refresh; an
-# old refresh token, already rotated away, would cost a new login).
+# Saved together in one atomic write (CredentialStore.set_many): a crash never leaves a new
+# refresh token next to an old id token, or an old refresh token, already rotated away, that
+# would cost a new login.
 TOKEN_FIELDS = ("refresh_token", "id_token", "access_token", "expires_at")
 
 
