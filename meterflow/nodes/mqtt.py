@@ -187,8 +187,11 @@ class MqttBroker(Node):
             try:
                 await asyncio.wait_for(self.publish(close["topic"], encode_payload(close.get("payload")),
                                                     close.get("qos", 0), close.get("retain", False)), 2.0)
-            except (TimeoutError, Retry, FlowError, asyncio.CancelledError):
+            except (TimeoutError, Retry, FlowError):
                 pass
+            except asyncio.CancelledError:  # the message was lost with the connection
+                if asyncio.current_task().cancelling():
+                    raise  # stop() itself was cancelled
         await self.link.stop()
         self.client = None
         self.connected = False
