@@ -290,3 +290,24 @@ async def test_an_idle_connection_is_kept_alive_by_the_shared_ticker(mosquitto):
         assert broker.connected and broker.generation == 1
         await h.send("out", {"payload": "still here"})
         await until(lambda: h.node("out").outbox.delivered == 1, what="publish after the idle time")
+
+
+async def test_a_clean_stop_publishes_the_close_message_and_not_the_will(mosquitto):
+    sub = Subscriber(mosquitto.port, "meter/life/#")
+    text = "meterflow: 1\n" + broker_yaml(
+        mosquitto.port, birth="{topic: meter/life/status, payload: online, qos: 1}",
+        close="{topic: meter/life/status, payload: closing, qos: 1}",
+        will="{topic: meter/life/status, payload: died}") + """nodes:
+  - id: out
+    type: mqtt-out
+    broker: broker
+    topic: meter/life/reading
+"""
+    try:
+        async with Harness(text=text) as h:
+            await until(lambda: h.node("broker").connected, what="connection")
+        await until(lambda: len(sub.got) >= 2, what="birth and close messages")
+        await asyncio.sleep(0.5)  # room for a (wrong) will to arrive
+    finally:
+        sub.close()
+    assert [p for _, p, _ in sub.got] == [b"online", b"closing"]
