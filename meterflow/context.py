@@ -3,8 +3,9 @@
 As in Node-RED, context holds references (no copies) and keys are property paths
 (``flow.set("smt.correlationId", ...)``).  The file store keeps everything in memory,
 marks a scope dirty on change and writes it atomically (temp file + rename) soon after
-(``flush``, default 1 s, coalesced, off the event loop) and at shutdown, so a restart picks up where the
-last run stopped: a pending SMT read resumes polling instead of asking for a new one.
+(``flush``, default 1 s, coalesced, off the event loop) and at shutdown, so a restart picks
+up where the last run stopped: a pending SMT read resumes polling instead of asking for a
+new one.
 """
 
 from __future__ import annotations

@@ -13,13 +13,10 @@ jitter, so a thousand clients do not hammer a broker that has just restarted.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import threading
 from collections.abc import Callable
 from typing import Any
-
-log = logging.getLogger("meterflow.mqtt")
 
 TICK_MIN, TICK_MAX = 0.5, 15.0  # keep-alive ticker period bounds (seconds)
 
